@@ -44,8 +44,8 @@ setup(
     extras_require={'test': ['pytest', 'hypothesis']},
     entry_points={
         'console_scripts': [
-            'basicsr-mh=basicsr_mh.cli:main',
-            'basicsr=basicsr_mh.cli:main',
+            'basicsr-mh=basicsr_mh.cli:entry',
+            'basicsr=basicsr_mh.cli:entry',
         ],
     },
     classifiers=[

@@ -1,0 +1,501 @@
+"""MultiHeadArch: give any BasicSR backbone K output heads by growing only its output layer.
+
+The wrapped backbone's ``forward()`` is not touched. Its output layer (a ``Conv2d`` that feeds the network output
+through an additive tail: global residual, crop after padding, ``x / img_range + mean``) is replaced by a
+:class:`MultiHeadConv2d` with ``K * C_out`` output channels. That layer hands the backbone the mean of its heads and
+keeps all heads; since the tail is additive, head ``k`` of the network is exactly
+``y(mean) + a * crop(R_k - mean)``. A probe at build time finds the output layer, measures ``a`` and checks the
+additivity; a backbone whose tail is not additive gets a clear error naming the layer.
+"""
+import difflib
+import math
+import torch
+import warnings
+from collections import OrderedDict
+from copy import deepcopy
+from torch import nn
+
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import ARCH_REGISTRY
+
+__all__ = ['MultiHeadArch', 'MultiHeadConv2d', 'extended_head_pairs', 'num_extended_heads', 'head_pair_name']
+
+MAX_RECOMMENDED_HEADS = 16
+_IN_CHANNEL_KEYS = ('img_channel', 'inp_channels', 'in_channels', 'num_in_ch', 'in_chans', 'in_nc', 'in_c')
+
+
+def extended_head_pairs(num_heads, combine):
+    """Return the (i, j) head pairs of the extended heads in the paper's order (Eq. 6, reference code).
+
+    With ``combine``: ``for i in range(K): for j in range(i + 1): (i, j)``, i.e. h0=(0,0), h1=(1,0), h2=(1,1),
+    h3=(2,0), ...; extended head (i, j) is ``(mu_i + mu_j) / 2``. Without: ``[(0, 0), (1, 1), ...]``.
+
+    Args:
+        num_heads (int): K.
+        combine (bool): combine heads in pairs.
+
+    Returns:
+        list[tuple[int, int]]: K' = K(K+1)/2 pairs with combine, K otherwise.
+    """
+    if combine:
+        return [(i, j) for i in range(num_heads) for j in range(i + 1)]
+    return [(i, i) for i in range(num_heads)]
+
+
+def num_extended_heads(num_heads, combine):
+    """K' = K(K+1)/2 with ``combine``, K without."""
+    return num_heads * (num_heads + 1) // 2 if combine else num_heads
+
+
+def head_pair_name(index, num_heads, combine):
+    """Human name of extended head ``index``: ``'h4 (2+1)'`` with combine, ``'h2'`` without."""
+    if not combine:
+        return f'h{index}'
+    i, j = extended_head_pairs(num_heads, combine)[index]
+    return f'h{index} ({i}+{j})'
+
+
+def check_head_options(num_heads, combine, where='network_g'):
+    """Validate ``num_heads`` and ``combine`` and return them as (int, bool).
+
+    Raises:
+        ValueError: naming the key and the fix, for K < 1, non-integer K or a non-bool ``combine``.
+    """
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int):
+        if isinstance(num_heads, float) and num_heads.is_integer():
+            num_heads = int(num_heads)
+        else:
+            raise ValueError(f'{where}.num_heads must be an integer >= 1, got {num_heads!r} '
+                             f'({type(num_heads).__name__}). Fix: e.g. `num_heads: 4`.')
+    if num_heads < 1:
+        raise ValueError(f'{where}.num_heads must be >= 1, got {num_heads}. Fix: e.g. `num_heads: 4` '
+                         '(1 is the plain backbone).')
+    if not isinstance(combine, bool):
+        raise ValueError(f'{where}.combine must be true or false, got {combine!r} ({type(combine).__name__}). '
+                         'Fix: `combine: true` for K(K+1)/2 combined heads, `combine: false` for K heads.')
+    if num_heads > MAX_RECOMMENDED_HEADS:
+        warnings.warn(f'{where}.num_heads={num_heads} is above {MAX_RECOMMENDED_HEADS}: the paper finds gains '
+                      'saturate at 4-5 heads, and K\' grows quadratically with combine.')
+    return num_heads, combine
+
+
+class MultiHeadConv2d(nn.Conv2d):
+    """A Conv2d with ``num_heads * head_channels`` output channels that returns the mean of its heads.
+
+    The weight is head-major: output channel ``k * C + c`` is channel ``c`` of head ``k`` (the reference
+    multi-head NAFNet/Restormer layout), so its ``weight``/``bias`` keys and shapes equal theirs.
+
+    Forward: ``x`` (B, C_in, h, w) -> mean of heads (B, C, h, w), which the backbone continues with. All heads
+    ``(B, K, C, h, w)`` and the mean are kept until :meth:`pop_heads` is called by :class:`MultiHeadArch`.
+    When ``detach_mean`` is set (the layer reaches the network output only through an additive tail), the mean is
+    handed on without gradient, so every head's gradient comes from its own output only (exact, no cancellation).
+
+    Loading a single-head checkpoint (``C`` output channels) replicates that layer into every head (warm start).
+    """
+
+    def __init__(self, conv, num_heads, detach_mean=True):
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels * num_heads,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype)
+        self.num_heads = num_heads
+        self.head_channels = conv.out_channels
+        self.detach_mean = detach_mean
+        self.layer_name = ''
+        self._stash = None
+        self._init_from(conv)
+
+    @torch.no_grad()
+    def _init_from(self, conv):
+        """Head 0 takes the backbone's own initial weights; heads 1..K-1 a fresh draw of the same scale."""
+        c = self.head_channels
+        w0 = conv.weight.detach()
+        std = w0.std() if w0.numel() > 1 else w0.abs().mean()
+        self.weight[:c].copy_(w0)
+        if self.num_heads > 1 and float(std) > 0:
+            fresh = self.weight[c:]
+            fresh.mul_(std / fresh.std().clamp_min(1e-12))
+        elif self.num_heads > 1:
+            self.weight[c:].copy_(w0.repeat(self.num_heads - 1, 1, 1, 1))
+        if self.bias is not None:
+            self.bias.copy_(conv.bias.detach().repeat(self.num_heads))
+
+    def forward(self, x):
+        """(B, C_in, h, w) -> mean of the heads (B, C, h, w); all heads are kept for :meth:`pop_heads`."""
+        if self._stash is not None:
+            raise RuntimeError(f'MultiHeadArch: the output layer "{self.layer_name}" was called twice in one '
+                               'forward pass. A head layer must be used once per forward; name another layer in '
+                               '`head_layers`.')
+        out = super().forward(x)
+        b, _, h, w = out.shape
+        heads = out.view(b, self.num_heads, self.head_channels, h, w)
+        mean = heads.mean(dim=1)
+        self._stash = (heads, mean)
+        # a copy: backbones may add to the returned tensor in place (MSRResNet's `out += base`)
+        return mean.detach().clone() if self.detach_mean else mean.clone()
+
+    def pop_heads(self):
+        """Return and forget ``(heads (B, K, C, h, w), mean (B, C, h, w))`` of the last forward."""
+        stash, self._stash = self._stash, None
+        if stash is None:
+            raise RuntimeError(f'MultiHeadArch: the output layer "{self.layer_name}" was not called in forward.')
+        return stash
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + 'weight'
+        if key in state_dict:
+            loaded = state_dict[key]
+            out_ch = loaded.shape[0]
+            if out_ch != self.out_channels:
+                if out_ch == self.head_channels:
+                    state_dict[key] = loaded.repeat(self.num_heads, *([1] * (loaded.dim() - 1)))
+                    if prefix + 'bias' in state_dict:
+                        state_dict[prefix + 'bias'] = state_dict[prefix + 'bias'].repeat(self.num_heads)
+                    get_root_logger().info(f'MultiHeadArch: single-head checkpoint layer "{prefix[:-1]}" replicated '
+                                           f'into all {self.num_heads} heads (warm start).')
+                elif out_ch % self.head_channels == 0:
+                    raise ValueError(
+                        f'The checkpoint\'s output layer "{prefix[:-1]}" has {out_ch // self.head_channels} heads, '
+                        f'but network_g.num_heads is {self.num_heads}. Fix: set `num_heads: '
+                        f'{out_ch // self.head_channels}` (and the `combine` it was trained with), or load a '
+                        'single-head checkpoint to warm-start every head.')
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
+def _find_in_channels(backbone_opt, backbone):
+    for key in _IN_CHANNEL_KEYS:
+        if isinstance(backbone_opt, dict) and isinstance(backbone_opt.get(key), int):
+            return backbone_opt[key]
+    for module in backbone.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    raise ValueError('MultiHeadArch: cannot tell the backbone\'s input channels. Fix: set `probe_channels` under '
+                     'network_g.')
+
+
+def _outputs_as_list(out):
+    if torch.is_tensor(out):
+        return [out], True
+    if isinstance(out, (list, tuple)) and all(torch.is_tensor(o) for o in out):
+        return list(out), False
+    raise TypeError(f'MultiHeadArch: the backbone returned {type(out).__name__}; a tensor or a list of tensors '
+                    '(multi-stage backbones) is supported.')
+
+
+def _crop_to(x, height, width):
+    """Top-left crop of the last two dims of ``x`` to (height, width)."""
+    if x.shape[-2] == height and x.shape[-1] == width:
+        return x
+    return x[..., :height, :width]
+
+
+def _snap_scale(a):
+    """Round a measured tail scale to 1/n or n when it is within float error of one (img_range 1 or 255)."""
+    for cand in (round(a), 1.0 / round(1.0 / a) if abs(a) > 1e-12 and round(1.0 / a) != 0 else None):
+        if cand and abs(a - cand) <= 1e-4 * abs(cand):
+            return float(cand)
+    return float(a)
+
+
+class _TailProbe:
+    """Runs the backbone with hooks to find its output layer(s) and check that the tail after them is additive."""
+
+    def __init__(self, backbone, probe_input):
+        self.backbone = backbone
+        self.probe_input = probe_input
+
+    @torch.no_grad()
+    def run(self, perturb=None):
+        """Forward once. ``perturb``: (module, delta) added to that module's output. Returns outputs and calls."""
+        calls = OrderedDict()
+        handles = []
+
+        def make_hook(name):
+
+            def hook(module, args, output):
+                calls.setdefault(name, []).append(tuple(output.shape))
+                if perturb is not None and module is perturb[0]:
+                    return output + perturb[1]
+                return None
+
+            return hook
+
+        for name, module in self.backbone.named_modules():
+            if isinstance(module, nn.Conv2d):
+                handles.append(module.register_forward_hook(make_hook(name)))
+        try:
+            out = self.backbone(self.probe_input)
+        finally:
+            for h in handles:
+                h.remove()
+        return _outputs_as_list(out)[0], calls
+
+    @torch.no_grad()
+    def tail_effect(self, module, out_shape, base_outputs):
+        """Perturb ``module``'s output; return per network output (scale a, relative residual, moved)."""
+        gen = torch.Generator().manual_seed(1234)
+        delta = torch.randn(out_shape, generator=gen).to(self.probe_input)
+        outputs, _ = self.run((module, delta))
+        effects = []
+        for y0, y1 in zip(base_outputs, outputs):
+            diff = (y1 - y0).double()
+            moved = bool(diff.abs().max() > 0)
+            if diff.shape[1] != delta.shape[1] or delta.shape[-2] < diff.shape[-2] or delta.shape[-1] < diff.shape[-1]:
+                effects.append((None, math.inf, moved))
+                continue
+            d = _crop_to(delta, diff.shape[-2], diff.shape[-1]).double()
+            a = float((diff * d).sum() / (d * d).sum())
+            scale = max(float((a * d).abs().max()), 1e-12)
+            residual = float((diff - a * d).abs().max()) / scale
+            effects.append((a, residual, moved))
+        return effects
+
+
+@ARCH_REGISTRY.register()
+class MultiHeadArch(nn.Module):
+    """K output heads on any BasicSR backbone (Liu et al., "Multi-Outputs Is All You Need For Deblur").
+
+    Args:
+        backbone (dict | nn.Module): the backbone's option dict (``{type: NAFNet, width: 32, ...}``), built through
+            BasicSR's ARCH_REGISTRY, or a module.
+        num_heads (int): K >= 1.
+        combine (bool): combine heads in pairs into K' = K(K+1)/2 extended heads (Eq. 6), in the order
+            h0=(0,0), h1=(1,0), h2=(1,1), h3=(2,0), ...; otherwise K' = K.
+        head_layers (list[str] | str | None): names of the output layer(s) to grow (one per headed network
+            output). Found automatically when None: the last Conv2d, called once, whose effect on a network output
+            is additive.
+        probe_size (int): spatial size of the build-time probe input (a multiple of the backbone's size factor).
+        probe_channels (int | None): input channels of the probe; read from the backbone's options when None.
+
+    Input ``(B, C_in, H, W)``; output ``(B, K', C_out, H', W')``, or for a multi-stage backbone that returns a list,
+    a list with one such tensor per headed stage (stages without a head layer stay ``(B, C_out, H', W')``).
+    ``state_dict()`` keys are the backbone's keys; the output layer's weight has ``K * C_out`` channels, head-major.
+    With ``num_heads: 1, combine: false`` the plain backbone itself is returned.
+    """
+
+    def __new__(cls, backbone=None, num_heads=1, combine=False, **kwargs):
+        num_heads, combine = check_head_options(num_heads, combine)
+        if num_heads == 1 and not combine:
+            return _build_backbone(backbone)
+        return super().__new__(cls)
+
+    def __init__(self, backbone=None, num_heads=1, combine=False, head_layers=None, probe_size=64,
+                 probe_channels=None):
+        super().__init__()
+        num_heads, combine = check_head_options(num_heads, combine)
+        self.num_heads = num_heads
+        self.combine = combine
+        self.head_pairs = extended_head_pairs(num_heads, combine)
+        self.num_outputs = len(self.head_pairs)
+        self.backbone = _build_backbone(backbone)
+        self.backbone_type = type(self.backbone).__name__
+        pair_i = torch.tensor([p[0] for p in self.head_pairs], dtype=torch.long)
+        pair_j = torch.tensor([p[1] for p in self.head_pairs], dtype=torch.long)
+        self.register_buffer('pair_i', pair_i, persistent=False)
+        self.register_buffer('pair_j', pair_j, persistent=False)
+
+        in_ch = probe_channels or _find_in_channels(backbone, self.backbone)
+        self._attach_heads(head_layers, in_ch, probe_size)
+        self._register_state_dict_hook(_strip_backbone_prefix)
+        self._register_load_state_dict_pre_hook(_add_backbone_prefix)
+
+    # ------------------------------------------------------------------ build
+    def _attach_heads(self, head_layers, in_ch, probe_size):
+        was_training = self.backbone.training
+        self.backbone.eval()
+        ref = next(iter(self.backbone.parameters()), None)
+        gen = torch.Generator().manual_seed(0)
+        probe_input = torch.rand(1, in_ch, probe_size, probe_size, generator=gen)
+        if ref is not None:
+            probe_input = probe_input.to(device=ref.device, dtype=ref.dtype)
+        probe = _TailProbe(self.backbone, probe_input)
+        try:
+            base_outputs, calls = probe.run()
+        except Exception as err:
+            raise ValueError(f'MultiHeadArch: the backbone {self.backbone_type} failed on a probe input of shape '
+                             f'{tuple(probe_input.shape)}: {err}. Fix: set `probe_size` (a size the backbone accepts) '
+                             'or `probe_channels` under network_g.') from err
+        modules = dict(self.backbone.named_modules())
+        assigned = self._choose_head_layers(head_layers, probe, base_outputs, calls, modules)
+        self.head_layer_names = []
+        self.output_heads = {}
+        self.output_scales = {}
+        for index, (name, scale, detach) in sorted(assigned.items()):
+            conv = modules[name]
+            grown = MultiHeadConv2d(conv, self.num_heads, detach_mean=detach)
+            grown.layer_name = name
+            _set_submodule(self.backbone, name, grown)
+            self.head_layer_names.append(name)
+            self.output_heads[index] = name
+            self.output_scales[index] = scale
+        self.num_stage_outputs = len(base_outputs)
+        self.backbone.train(was_training)
+        self._grown = {name: _get_submodule(self.backbone, name) for name in self.head_layer_names}
+        get_root_logger().info(
+            f'MultiHeadArch: {self.backbone_type} with {self.num_heads} heads'
+            f'{" combined into " + str(self.num_outputs) if self.combine else ""}; output layer(s) '
+            f'{", ".join(self.head_layer_names)} grown x{self.num_heads}, tail scale(s) '
+            f'{", ".join(f"{s:g}" for s in self.output_scales.values())}.')
+
+    def _choose_head_layers(self, head_layers, probe, base_outputs, calls, modules):
+        """Return {output index: (layer name, tail scale a, detach_mean)} after checking additivity."""
+        out_channels = {y.shape[1] for y in base_outputs}
+        candidates = [
+            name for name, shapes in calls.items() if len(shapes) == 1 and modules[name].out_channels in out_channels
+        ]
+        if head_layers is not None:
+            names = [head_layers] if isinstance(head_layers, str) else list(head_layers)
+            for name in names:
+                if name not in modules or not isinstance(modules[name], nn.Conv2d):
+                    close = difflib.get_close_matches(name, [n for n in calls], n=3)
+                    raise ValueError(f'network_g.head_layers names "{name}", which is no Conv2d layer of '
+                                     f'{self.backbone_type}. Conv2d layers with {sorted(out_channels)} output '
+                                     f'channels: {candidates[-8:]}; close names: {close}.')
+                if len(calls.get(name, [])) != 1:
+                    raise ValueError(f'network_g.head_layers: layer "{name}" of {self.backbone_type} runs '
+                                     f'{len(calls.get(name, []))} times per forward; a head layer must run exactly '
+                                     'once. Fix: name the layer that produces the final image.')
+            search = names
+        else:
+            search = list(reversed(candidates))
+        assigned = {}
+        for name in search:
+            effects = probe.tail_effect(modules[name], calls[name][0], base_outputs)
+            additive = [
+                i for i, (a, res, _) in enumerate(effects)
+                if a is not None and res < 1e-3 and abs(a) > 1e-8 and i not in assigned
+            ]
+            if not additive:
+                if head_layers is not None:
+                    raise ValueError(self._not_additive_message(name, effects))
+                continue
+            index = additive[-1]
+            moves_others = any(moved for i, (_, _, moved) in enumerate(effects) if i != index)
+            assigned[index] = (name, _snap_scale(effects[index][0]), not moves_others)
+            if head_layers is None and len(assigned) == len(base_outputs):
+                break
+        if not assigned:
+            last = search[0] if search else None
+            if last is None:
+                raise ValueError(f'MultiHeadArch: {self.backbone_type} has no Conv2d layer with '
+                                 f'{sorted(out_channels)} output channels that runs once per forward, so no output '
+                                 'layer can be grown. Fix: name it in `head_layers`.')
+            effects = probe.tail_effect(modules[last], calls[last][0], base_outputs)
+            raise ValueError(self._not_additive_message(last, effects))
+        if head_layers is None and len(base_outputs) - 1 not in assigned:
+            raise ValueError(f'MultiHeadArch: found no additive output layer for the final output of '
+                             f'{self.backbone_type}. Fix: name it in `head_layers`.')
+        return assigned
+
+    def _not_additive_message(self, name, effects):
+        worst = min((res for _, res, _ in effects), default=math.inf)
+        return (f'MultiHeadArch: the tail of {self.backbone_type} after layer "{name}" is not additive (a change '
+                f'of that layer\'s output moves the network output by something other than a scaled crop of it; '
+                f'relative misfit {worst:.3g}), so its heads cannot be computed exactly. Supported tails: global '
+                'residual, crop after padding, `x / img_range + mean`. Fix: name an additive output layer in '
+                '`head_layers`, or remove the non-linear step after it (clamp, sigmoid, ...).')
+
+    # ------------------------------------------------------------------ forward
+    def combine_heads(self, heads):
+        """(B, K, C, h, w) -> (B, K', C, h, w): extended heads in pair order (identity without combine)."""
+        if not self.combine:
+            return heads
+        return (heads.index_select(1, self.pair_i) + heads.index_select(1, self.pair_j)) * 0.5
+
+    def forward(self, x):
+        """(B, C_in, H, W) -> (B, K', C_out, H', W'), or a list of them for multi-stage backbones."""
+        outputs, single = _outputs_as_list(self.backbone(x))
+        result = []
+        for index, y in enumerate(outputs):
+            name = self.output_heads.get(index)
+            if name is None:
+                result.append(y)
+                continue
+            heads, mean = self._grown[name].pop_heads()
+            delta = self.combine_heads(heads) - mean.unsqueeze(1)
+            delta = _crop_to(delta, y.shape[-2], y.shape[-1])
+            scale = self.output_scales[index]
+            result.append(y.unsqueeze(1) + (delta if scale == 1.0 else scale * delta))
+        for name, layer in self._grown.items():
+            layer._stash = None
+        return result[0] if single else result
+
+    def extra_repr(self):
+        return (f'num_heads={self.num_heads}, combine={self.combine}, num_outputs={self.num_outputs}, '
+                f'head_layers={self.head_layer_names}')
+
+
+def _build_backbone(backbone):
+    if isinstance(backbone, nn.Module):
+        return backbone
+    if not isinstance(backbone, dict) or 'type' not in backbone:
+        raise ValueError('MultiHeadArch needs `backbone: {type: <registered arch>, ...}` (got '
+                         f'{backbone!r}). Fix: e.g. `backbone: {{type: NAFNet, width: 32}}`, or put `num_heads` and '
+                         '`combine` next to `type` under network_g.')
+    opt = deepcopy(backbone)
+    arch_type = opt.pop('type')
+    if arch_type == 'MultiHeadArch':
+        raise ValueError('MultiHeadArch: the backbone cannot itself be a MultiHeadArch.')
+    if arch_type not in ARCH_REGISTRY:
+        close = difflib.get_close_matches(str(arch_type), list(ARCH_REGISTRY.keys()), n=3)
+        raise ValueError(f'network_g backbone type "{arch_type}" is not in BasicSR\'s ARCH_REGISTRY. Close names: '
+                         f'{close}. Fix: correct `type`, or import the module that registers it.')
+    return ARCH_REGISTRY.get(arch_type)(**opt)
+
+
+def _get_submodule(root, name):
+    module = root
+    for part in name.split('.'):
+        module = getattr(module, part)
+    return module
+
+
+def _set_submodule(root, name, new):
+    parent_name, _, child = name.rpartition('.')
+    parent = _get_submodule(root, parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def _rename_keys(mapping, old_prefix, new_prefix):
+    """Rename keys that start with ``old_prefix`` in place, keeping their order."""
+    items = list(mapping.items())
+    if not any(k.startswith(old_prefix) for k, _ in items):
+        return
+    for k, _ in items:
+        del mapping[k]
+    for k, v in items:
+        mapping[new_prefix + k[len(old_prefix):] if k.startswith(old_prefix) else k] = v
+
+
+def _strip_backbone_prefix(module, state_dict, prefix, local_metadata):
+    """state_dict hook: ``<prefix>backbone.x`` -> ``<prefix>x`` so keys equal the backbone's own."""
+    _rename_keys(state_dict, prefix + 'backbone.', prefix)
+    metadata = getattr(state_dict, '_metadata', None)
+    if metadata is not None:
+        inner = prefix + 'backbone'
+        for key in [k for k in list(metadata) if k == inner or k.startswith(inner + '.')]:
+            metadata[prefix + key[len(inner) + 1:] if key != inner else prefix.rstrip('.')] = metadata.pop(key)
+    return state_dict
+
+
+def _add_backbone_prefix(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    """load_state_dict pre-hook: accept the backbone's own keys (``<prefix>x`` -> ``<prefix>backbone.x``)."""
+    items = list(state_dict.items())
+    if any(k.startswith(prefix + 'backbone.') for k, _ in items):
+        return
+    for k, _ in items:
+        if k.startswith(prefix):
+            del state_dict[k]
+    for k, v in items:
+        if k.startswith(prefix):
+            state_dict[prefix + 'backbone.' + k[len(prefix):]] = v

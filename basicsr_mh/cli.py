@@ -1,0 +1,53 @@
+"""The ``basicsr-mh`` and ``basicsr`` console scripts.
+
+``basicsr-mh train -opt X.yml [--launcher pytorch] [--auto_resume] [--debug] [--force_yml k:v=x ...]``
+``basicsr-mh test  -opt X.yml``
+"""
+import os
+import sys
+
+USAGE = """usage: {prog} <command> [options]
+
+commands:
+  train   -opt OPTIONS.yml [--launcher none|pytorch|slurm] [--auto_resume] [--debug] [--force_yml KEY=VALUE ...]
+  test    -opt OPTIONS.yml [--launcher ...] [--force_yml ...]
+
+`{prog} <command> -h` shows a command's options. Folders experiments/, tb_logger/ and results/ are created in the
+current directory. For several processes: torchrun --nproc_per_node=N -m basicsr_mh.train -opt ... --launcher pytorch
+"""
+
+
+def main(argv=None):
+    """Dispatch ``argv`` (default ``sys.argv[1:]``) to a command; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'basicsr-mh'
+    if not argv or argv[0] in ('-h', '--help', 'help'):
+        print(USAGE.format(prog=prog))
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == 'train':
+        from .train import train_pipeline
+        train_pipeline(os.getcwd(), rest)
+        return 0
+    if command == 'test':
+        from .test import test_pipeline
+        test_pipeline(os.getcwd(), rest)
+        return 0
+    print(f'{prog}: unknown command "{command}".\n' + USAGE.format(prog=prog), file=sys.stderr)
+    return 2
+
+
+def entry():
+    """Console-script entry: exit with :func:`main`'s code; option errors print one clear line, no traceback."""
+    try:
+        code = main()
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        if os.environ.get('BASICSR_MH_TRACEBACK'):
+            raise
+        print(f'basicsr-mh: error: {err}', file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == '__main__':
+    entry()

@@ -1,0 +1,160 @@
+"""Command-line option parsing for ``train`` and ``test``: BasicSR's flags, CPU-capable distributed init.
+
+Takes the same flags as BasicSR's ``basicsr/train.py`` (``-opt``, ``--launcher``, ``--auto_resume``, ``--debug``,
+``--local_rank``, ``--force_yml``) and produces the same option dict as :func:`basicsr.utils.options.parse_options`,
+but initialises ``torch.distributed`` with gloo when there is no GPU, and upgrades the short multi-head form
+(:func:`basicsr_mh.options.upgrade_options`) before anything is written to disk.
+"""
+import argparse
+import os
+import random
+import torch
+from os import path as osp
+
+from basicsr.utils import set_random_seed
+from basicsr.utils.dist_util import get_dist_info
+from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
+
+from .options import upgrade_options
+
+
+def build_parser(prog, is_train):
+    """The argparse parser of ``basicsr-mh train`` / ``test`` (BasicSR's flags)."""
+    parser = argparse.ArgumentParser(prog=prog, description=('Train' if is_train else 'Test') +
+                                     ' a BasicSR model (multi-head aware) from an option YAML file.')
+    parser.add_argument('-opt', type=str, required=True, help='Path to option YAML file.')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
+    parser.add_argument('--auto_resume', action='store_true', help='resume from the latest training state')
+    parser.add_argument('--debug', action='store_true', help='debug mode: name prefixed debug_, frequent logs')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument('--force_yml', nargs='+', default=None, help='Override options, e.g. train:ema_decay=0.999')
+    return parser
+
+
+def init_distributed(launcher, opt):
+    """Initialise torch.distributed: nccl on CUDA, gloo on the CPU (``num_gpu: 0`` or no GPU)."""
+    import torch.distributed as dist
+    use_cuda = torch.cuda.is_available() and opt.get('num_gpu', 'auto') != 0
+    backend = 'nccl' if use_cuda else 'gloo'
+    if launcher == 'slurm':
+        import subprocess
+        proc_id = int(os.environ['SLURM_PROCID'])
+        ntasks = int(os.environ['SLURM_NTASKS'])
+        node_list = os.environ['SLURM_NODELIST']
+        addr = subprocess.getoutput(f'scontrol show hostname {node_list} | head -n1')
+        os.environ.setdefault('MASTER_PORT', str((opt.get('dist_params') or {}).get('port', 29500)))
+        os.environ.setdefault('MASTER_ADDR', addr)
+        os.environ['WORLD_SIZE'] = str(ntasks)
+        os.environ['RANK'] = str(proc_id)
+        os.environ['LOCAL_RANK'] = str(proc_id % max(torch.cuda.device_count(), 1))
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', os.environ.get('RANK', 0))) % torch.cuda.device_count())
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+
+
+def _apply_force_yml(opt, entries):
+    for entry in entries:
+        if '=' not in entry:
+            raise ValueError(f'--force_yml entry "{entry}" must look like key:subkey=value.')
+        keys, value = entry.split('=', 1)
+        node = opt
+        parts = keys.strip().split(':')
+        for key in parts[:-1]:
+            if not isinstance(node, dict) or key not in node:
+                raise ValueError(f'--force_yml "{entry}": no option "{key}" on that path.')
+            node = node[key]
+        node[parts[-1]] = _postprocess_yml_value(value.strip())
+
+
+def parse_options(root_path, is_train=True, argv=None, prog='basicsr-mh'):
+    """Parse the command line and the YAML file into BasicSR's option dict (see module docstring).
+
+    Args:
+        root_path (str): folder under which ``experiments/``, ``tb_logger/`` and ``results/`` are created.
+        is_train (bool): train or test paths.
+        argv (list[str] | None): arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        tuple(dict, argparse.Namespace)
+    """
+    args = build_parser(prog, is_train).parse_args(argv)
+    if not osp.isfile(args.opt):
+        raise FileNotFoundError(f'Option file "{args.opt}" does not exist. Fix: pass -opt path/to/options.yml.')
+    with open(args.opt, mode='r') as f:
+        opt = __import__('yaml').load(f, Loader=ordered_yaml()[0])
+    if not isinstance(opt, dict):
+        raise ValueError(f'Option file "{args.opt}" is not a YAML mapping.')
+    for key in ('name', 'datasets'):
+        if key not in opt:
+            raise ValueError(f'Option file "{args.opt}" has no `{key}`. Fix: add it (see options/ for examples).')
+    opt.setdefault('path', {})
+    opt.setdefault('num_gpu', 'auto')
+    if args.force_yml is not None:
+        _apply_force_yml(opt, args.force_yml)
+    if opt['num_gpu'] == 'auto':
+        opt['num_gpu'] = torch.cuda.device_count()
+    if opt['num_gpu'] > 0 and not torch.cuda.is_available():
+        raise ValueError(f'num_gpu is {opt["num_gpu"]} but no CUDA device is available. Fix: set `num_gpu: 0` '
+                         '(CPU) or `num_gpu: auto`.')
+    opt['is_train'] = is_train
+    opt['auto_resume'] = args.auto_resume
+    if args.debug and not opt['name'].startswith('debug'):
+        opt['name'] = 'debug_' + opt['name']
+
+    if args.launcher == 'none':
+        opt['dist'] = False
+    else:
+        opt['dist'] = True
+        init_distributed(args.launcher, opt)
+    opt['rank'], opt['world_size'] = get_dist_info()
+
+    seed = opt.get('manual_seed')
+    if seed is None:
+        seed = random.randint(1, 10000)
+        opt['manual_seed'] = seed
+    set_random_seed(seed + opt['rank'])
+
+    for phase, dataset in opt['datasets'].items():
+        dataset['phase'] = phase.split('_')[0]
+        if 'scale' in opt:
+            dataset['scale'] = opt['scale']
+        for key in ('dataroot_gt', 'dataroot_lq'):
+            if dataset.get(key) is not None:
+                dataset[key] = osp.expanduser(dataset[key])
+    for key, val in opt['path'].items():
+        if val is not None and ('resume_state' in key or 'pretrain_network' in key):
+            opt['path'][key] = osp.expanduser(val)
+
+    if is_train:
+        root = osp.join(opt['path'].get('experiments_root_base') or osp.join(root_path, 'experiments'), opt['name'])
+        opt['path'].update(
+            experiments_root=root,
+            models=osp.join(root, 'models'),
+            training_states=osp.join(root, 'training_states'),
+            log=root,
+            visualization=osp.join(root, 'visualization'))
+        if 'debug' in opt['name']:
+            if 'val' in opt:
+                opt['val']['val_freq'] = 8
+            opt.setdefault('logger', {})
+            opt['logger']['print_freq'] = 1
+            opt['logger']['save_checkpoint_freq'] = 8
+    else:
+        root = osp.join(root_path, 'results', opt['name'])
+        opt['path'].update(results_root=root, log=root, visualization=osp.join(root, 'visualization'))
+    notes = []
+    upgrade_options(opt, notes=notes)
+    check_datasets(opt)
+    opt['_notes'] = notes
+    return opt, args
+
+
+def check_datasets(opt):
+    """Fail early, naming the key, when a dataset folder or file in the options does not exist."""
+    for phase, dataset in opt['datasets'].items():
+        for key in ('dataroot_gt', 'dataroot_lq', 'meta_info_file'):
+            path = dataset.get(key)
+            if path is not None and not osp.exists(path):
+                raise FileNotFoundError(f'datasets.{phase}.{key}: "{path}" does not exist. Fix: correct the path, '
+                                        'or create the data (e.g. `basicsr-mh make-data`).')

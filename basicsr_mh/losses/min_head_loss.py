@@ -1,0 +1,105 @@
+"""MinHeadLoss: the multi-head loss of the paper (Eq. 4 and 5) over any registered pixel loss."""
+import difflib
+import torch
+from copy import deepcopy
+from torch import nn
+
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import LOSS_REGISTRY
+
+_REDUCTIONS = ('mean', 'sum')
+
+
+def build_inner_loss(loss_opt, where='MinHeadLoss.loss'):
+    """Build a pixel loss from its option dict through BasicSR's LOSS_REGISTRY, with a clear error."""
+    if isinstance(loss_opt, nn.Module):
+        return loss_opt
+    if not isinstance(loss_opt, dict) or 'type' not in loss_opt:
+        raise ValueError(f'{where} must be a loss option dict like `{{type: PSNRLoss, loss_weight: 1}}`, got '
+                         f'{loss_opt!r}.')
+    opt = deepcopy(loss_opt)
+    loss_type = opt.pop('type')
+    if loss_type == 'MinHeadLoss':
+        raise ValueError(f'{where}: MinHeadLoss cannot wrap another MinHeadLoss. Fix: give the pixel loss itself.')
+    if loss_type not in LOSS_REGISTRY:
+        close = difflib.get_close_matches(str(loss_type), list(LOSS_REGISTRY.keys()), n=3)
+        raise ValueError(f'{where}: loss type "{loss_type}" is not in BasicSR\'s LOSS_REGISTRY. Close names: {close}.')
+    try:
+        return LOSS_REGISTRY.get(loss_type)(**opt)
+    except TypeError as err:
+        raise ValueError(f'{where}: cannot build {loss_type} with {opt}: {err}') from err
+
+
+@LOSS_REGISTRY.register()
+class MinHeadLoss(nn.Module):
+    """Each sample back-propagates only through the head with the smallest loss (the paper's Eq. 4-5).
+
+    For sample ``b`` and (extended) head ``k`` the inner loss ``L[b, k]`` is computed; the winner
+    ``k_b = argmin_k L[b, k]`` is chosen without gradient, and the loss is the mean over samples of
+    ``L[b, k_b]``, so the other heads get exactly zero gradient from that sample. ``MinHeadLoss(PSNRLoss)`` equals
+    the reference ``MultiHeadPSNRLoss``. Only the winners' images enter the autograd graph, so memory does not grow
+    with the number of heads.
+
+    Args:
+        loss (dict | nn.Module): the inner pixel loss (any BasicSR-registered loss: L1Loss, MSELoss,
+            CharbonnierLoss, PSNRLoss, ...), with its own ``loss_weight``.
+        loss_weight (float): an extra multiplier. Default 1.
+
+    Forward: ``pred`` (B, K', C, H, W) and ``target`` (B, C, H, W) -> scalar. A 4-D ``pred`` (a plain single-head
+    output) is passed to the inner loss unchanged. After a forward, ``last_winners`` (B,) holds each sample's head and
+    ``last_losses`` (B, K') the per-head losses.
+    """
+
+    def __init__(self, loss=None, loss_weight=1.0, reduction='mean'):
+        super().__init__()
+        if loss is None:
+            raise ValueError('MinHeadLoss needs `loss: {type: <pixel loss>, ...}` (e.g. PSNRLoss, L1Loss).')
+        self.inner = build_inner_loss(loss)
+        self.loss_weight = loss_weight
+        inner_reduction = getattr(self.inner, 'reduction', 'mean')
+        if inner_reduction not in _REDUCTIONS:
+            raise ValueError(f'MinHeadLoss: the inner loss reduction must be one of {_REDUCTIONS}, got '
+                             f'{inner_reduction!r}.')
+        self.batch_reduction = inner_reduction
+        self._elementwise = None
+        if not hasattr(self.inner, 'per_sample') and hasattr(self.inner, 'reduction'):
+            self._elementwise = deepcopy(self.inner)
+            self._elementwise.reduction = 'none'
+        self.last_winners = None
+        self.last_losses = None
+
+    def per_sample(self, pred, target):
+        """Inner loss of each sample: (N, C, H, W), (N, C, H, W) -> (N,)."""
+        if hasattr(self.inner, 'per_sample'):
+            return self.inner.per_sample(pred, target)
+        if self._elementwise is not None:
+            elementwise = self._elementwise(pred, target)
+            if elementwise.shape == pred.shape:
+                reduce = elementwise.mean if self.batch_reduction == 'mean' else elementwise.sum
+                return reduce(dim=tuple(range(1, elementwise.dim())))
+        return torch.stack([self.inner(pred[n:n + 1], target[n:n + 1]) for n in range(pred.shape[0])])
+
+    def forward(self, pred, target, **kwargs):
+        """(B, K', C, H, W), (B, C, H, W) -> scalar; 4-D ``pred`` -> the inner loss."""
+        if pred.dim() == 4:
+            self.last_winners = None
+            self.last_losses = None
+            return self.loss_weight * self.inner(pred, target)
+        if pred.dim() != 5 or pred.shape[0] != target.shape[0] or pred.shape[2:] != target.shape[1:]:
+            raise ValueError(f'MinHeadLoss: pred must be (B, K, C, H, W) matching target (B, C, H, W); got '
+                             f'{tuple(pred.shape)} and {tuple(target.shape)}.')
+        with torch.no_grad():
+            losses = torch.stack([self.per_sample(pred[:, k], target) for k in range(pred.shape[1])], dim=1)
+            winners = losses.argmin(dim=1)
+        chosen = pred[torch.arange(pred.shape[0], device=pred.device), winners]
+        values = self.per_sample(chosen, target)
+        self.last_winners = winners
+        self.last_losses = losses
+        total = values.mean() if self.batch_reduction == 'mean' else values.sum()
+        return self.loss_weight * total
+
+
+def log_loss_upgrade(loss_type):
+    """Log the one line that says a plain pixel loss was wrapped into MinHeadLoss."""
+    get_root_logger().info(f'basicsr-mh: pixel loss {loss_type} wrapped in MinHeadLoss (each sample trains only its '
+                           'nearest head).')

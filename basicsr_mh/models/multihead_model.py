@@ -1,0 +1,372 @@
+"""MultiHeadImageRestorationModel: train K heads with the min-head loss and validate every head (Eq. 7a/7b)."""
+import math
+import os
+import torch
+from collections import OrderedDict
+from copy import deepcopy
+from os import path as osp
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+from torch.utils.data import default_collate
+from tqdm import tqdm
+
+from basicsr.archs import build_network
+from basicsr.losses import build_loss
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger, imwrite, tensor2img
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from ..archs.multihead_arch import MultiHeadArch, head_pair_name
+from ..losses.min_head_loss import MinHeadLoss, log_loss_upgrade
+from ..metrics import per_head
+from ..options import upgrade_options
+from .checkpoint import atomic_torch_save, read_checkpoint
+from .validation import HeadMetricAccumulator
+
+MULTIHEAD_META_KEY = 'multihead'
+
+
+@MODEL_REGISTRY.register()
+class MultiHeadImageRestorationModel(SRModel):
+    """Image restoration model for a network with K' output heads (a :class:`MultiHeadArch`).
+
+    Training: the pixel loss is wrapped in :class:`MinHeadLoss` when it is a plain loss, and applied to every stage
+    output of multi-stage backbones; head win rates (``heads/win_h{k}``) go to the log and TensorBoard.
+    EMA (``train.ema_decay``), gradient clipping (``train.use_grad_clip``) and every ``torch.optim`` optimizer work.
+
+    Validation: for every YAML metric ``m``, ``m`` is the best single head's mean (Eq. 7b; it drives BasicSR's
+    best-metric tracking), ``m_overall`` the mean of each image's best head (Eq. 7a), ``m_worst`` the mean of each
+    image's worst head, ``m_h0 .. m_h{K'-1}`` the per-head means, and ``best_head`` the best single head of the
+    first metric. The network output is ``(B, K', C, H, W)``; a plain network (4-D output) is treated as K' = 1.
+    """
+
+    def __init__(self, opt):
+        upgrade_options(opt)
+        self.best_head = 0
+        self._win_counts = None
+        super().__init__(opt)
+        bare = self.get_bare_model(self.net_g)
+        self.num_heads = getattr(bare, 'num_heads', 1)
+        self.combine = getattr(bare, 'combine', False)
+        self.num_outputs = getattr(bare, 'num_outputs', 1)
+        self._win_counts = torch.zeros(self.num_outputs, dtype=torch.float64, device=self.device)
+        load_path = self.opt['path'].get('pretrain_network_g')
+        if load_path:
+            meta = read_checkpoint(load_path).get(MULTIHEAD_META_KEY) or {}
+            self.best_head = int(meta.get('best_head', 0)) if meta.get('num_outputs') == self.num_outputs else 0
+
+    # ------------------------------------------------------------------ setup
+    def model_to_device(self, net):
+        """Move to the device; DDP on CUDA or (gloo) CPU, DataParallel for several GPUs without DDP."""
+        net = net.to(self.device)
+        if self.opt['dist']:
+            find_unused = self.opt.get('find_unused_parameters', False)
+            device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+            net = DistributedDataParallel(net, device_ids=device_ids, find_unused_parameters=find_unused)
+        elif self.opt['num_gpu'] > 1:
+            net = DataParallel(net)
+        return net
+
+    def get_optimizer(self, optim_type, params, lr, **kwargs):
+        """Any ``torch.optim`` optimizer by name (BasicSR 1.4.2 knows only Adam)."""
+        optim_class = getattr(torch.optim, optim_type, None)
+        if optim_class is None or not isinstance(optim_class, type):
+            raise ValueError(f'train.optim_g.type "{optim_type}" is not a torch.optim optimizer. Fix: e.g. Adam, '
+                             'AdamW, SGD.')
+        return optim_class(params, lr, **kwargs)
+
+    def setup_optimizers(self):
+        train_opt = deepcopy(self.opt['train'])
+        optim_params = [v for v in self.net_g.parameters() if v.requires_grad]
+        optim_opt = train_opt['optim_g']
+        optim_type = optim_opt.pop('type')
+        self.optimizer_g = self.get_optimizer(optim_type, optim_params, **optim_opt)
+        self.optimizers.append(self.optimizer_g)
+
+    def init_training_settings(self):
+        self.net_g.train()
+        train_opt = self.opt['train']
+        logger = get_root_logger()
+        self.ema_decay = train_opt.get('ema_decay', 0)
+        if self.ema_decay > 0:
+            logger.info(f'Use Exponential Moving Average with decay: {self.ema_decay}')
+            self.net_g_ema = build_network(self.opt['network_g']).to(self.device)
+            load_path = self.opt['path'].get('pretrain_network_g', None)
+            if load_path is not None:
+                self.load_network(self.net_g_ema, load_path, self.opt['path'].get('strict_load_g', True), 'params_ema')
+            else:
+                self.model_ema(0)
+            self.net_g_ema.eval()
+
+        has_heads = isinstance(self.get_bare_model(self.net_g), MultiHeadArch)
+        pixel_opt = train_opt.get('pixel_opt')
+        if pixel_opt:
+            if has_heads and pixel_opt.get('type') != 'MinHeadLoss':
+                log_loss_upgrade(pixel_opt.get('type'))
+                self.cri_pix = MinHeadLoss(loss=pixel_opt).to(self.device)
+            else:
+                self.cri_pix = build_loss(pixel_opt).to(self.device)
+        else:
+            self.cri_pix = None
+        self.cri_perceptual = build_loss(train_opt['perceptual_opt']).to(self.device) if train_opt.get(
+            'perceptual_opt') else None
+        if self.cri_pix is None and self.cri_perceptual is None:
+            raise ValueError('train: both pixel_opt and perceptual_opt are missing. Fix: add e.g. '
+                             '`pixel_opt: {type: PSNRLoss, loss_weight: 1}`.')
+        if has_heads and self.cri_pix is None:
+            raise ValueError('train.pixel_opt is required for a multi-head network: it picks each sample\'s head.')
+        self.use_grad_clip = train_opt.get('use_grad_clip', False)
+        self.setup_optimizers()
+        self.setup_schedulers()
+
+    def load_network(self, net, load_path, strict=True, param_key='params'):
+        """Load a checkpoint; a single-head checkpoint's output layer warm-starts every head (logged)."""
+        logger = get_root_logger()
+        net = self.get_bare_model(net)
+        checkpoint = read_checkpoint(load_path)
+        if param_key is not None:
+            if param_key not in checkpoint and 'params' in checkpoint:
+                logger.info(f'Loading: {param_key} does not exist in {load_path}, use params.')
+                param_key = 'params'
+            if param_key not in checkpoint:
+                raise ValueError(f'{load_path} has no "{param_key}" entry (it has {sorted(checkpoint)}). Fix: set '
+                                 'path.param_key_g to one of them.')
+            state = checkpoint[param_key]
+        else:
+            state = checkpoint
+        state = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items())
+        logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
+        self._print_different_keys_loading(net, state, strict)
+        net.load_state_dict(state, strict=strict)
+
+    def _print_different_keys_loading(self, crt_net, load_net, strict=True):
+        """BasicSR's key report, but an output layer with 1 head is kept (warm start) instead of dropped."""
+        bare = self.get_bare_model(crt_net)
+        if isinstance(bare, MultiHeadArch):
+            grown = {f'{name}.{p}' for name in bare.head_layer_names for p in ('weight', 'bias')}
+            kept = {k: load_net.pop(k) for k in list(load_net) if k in grown}
+            super()._print_different_keys_loading(crt_net, load_net, strict)
+            load_net.update(kept)
+        else:
+            super()._print_different_keys_loading(crt_net, load_net, strict)
+
+    # ------------------------------------------------------------------ training
+    def optimize_parameters(self, current_iter):
+        self.optimizer_g.zero_grad()
+        outputs = self.net_g(self.lq)
+        stages = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        l_total = 0
+        loss_dict = OrderedDict()
+        if self.cri_pix:
+            l_pix = 0.
+            for stage in stages:
+                l_pix = l_pix + self.cri_pix(stage, self.gt)
+            l_total = l_total + l_pix
+            loss_dict['l_pix'] = l_pix
+            winners = getattr(self.cri_pix, 'last_winners', None)
+            if winners is not None:
+                self._win_counts += torch.bincount(winners, minlength=self.num_outputs).to(self._win_counts)
+        if self.cri_perceptual:
+            final = stages[-1]
+            if final.dim() == 5:
+                winners = getattr(self.cri_pix, 'last_winners', None)
+                final = final[torch.arange(final.shape[0], device=final.device), winners]
+            l_percep, l_style = self.cri_perceptual(final, self.gt)
+            if l_percep is not None:
+                l_total = l_total + l_percep
+                loss_dict['l_percep'] = l_percep
+            if l_style is not None:
+                l_total = l_total + l_style
+                loss_dict['l_style'] = l_style
+        l_total.backward()
+        if self.use_grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), 0.01)
+        self.optimizer_g.step()
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    def head_win_rates(self, reset=True):
+        """Fraction of training samples each extended head won since the last call (reduced over ranks), (K',)."""
+        counts = self._win_counts.clone()
+        if self.opt.get('dist') and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts)
+        if reset:
+            self._win_counts.zero_()
+        total = counts.sum()
+        return counts / total if total > 0 else counts
+
+    def get_current_log(self):
+        log = OrderedDict(self.log_dict)
+        if self.num_outputs > 1:
+            rates = self.head_win_rates()
+            if float(rates.sum()) > 0:
+                for k, rate in enumerate(rates.tolist()):
+                    log[f'heads/win_h{k}'] = rate
+        return log
+
+    # ------------------------------------------------------------------ inference
+    def test(self):
+        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            output = net(self.lq)
+        if was_training and net is self.net_g:
+            net.train()
+        self.output = output[-1] if isinstance(output, (list, tuple)) else output
+
+    def heads_output(self):
+        """The last output as (B, K', C, H, W) (a plain network's (B, C, H, W) becomes K' = 1)."""
+        return self.output if self.output.dim() == 5 else self.output.unsqueeze(1)
+
+    def get_current_visuals(self):
+        out_dict = OrderedDict()
+        out_dict['lq'] = self.lq.detach().cpu()
+        out_dict['result'] = self.heads_output()[:, self.best_head].detach().cpu()
+        if hasattr(self, 'gt'):
+            out_dict['gt'] = self.gt.detach().cpu()
+        return out_dict
+
+    # ------------------------------------------------------------------ validation
+    def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        """Each rank validates a shard (indices rank::world_size); the sums are reduced, so all ranks agree."""
+        dataset = dataloader.dataset
+        rank, world = self.opt['rank'], self.opt['world_size']
+        batches = ((idx, default_collate([dataset[idx]])) for idx in range(rank, len(dataset), world))
+        self._validate(dataset, batches, math.ceil(len(dataset) / world), current_iter, tb_logger, save_img)
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        self._validate(dataloader.dataset, enumerate(dataloader), len(dataloader), current_iter, tb_logger, save_img)
+
+    def _validate(self, dataset, batches, num_batches, current_iter, tb_logger, save_img):
+        dataset_name = dataset.opt['name']
+        val_opt = self.opt['val']
+        metrics_opt = val_opt.get('metrics') or {}
+        with_metrics = bool(metrics_opt)
+        if with_metrics:
+            self._initialize_best_metric_results(dataset_name)
+        accumulator = HeadMetricAccumulator(metrics_opt, self.num_outputs)
+        save_all = val_opt.get('save_all_heads', False)
+        first_metric = next(iter(metrics_opt), None)
+        pbar = tqdm(total=num_batches, unit='image') if val_opt.get('pbar', False) and self.opt['rank'] == 0 else None
+        for _, val_data in batches:
+            self.feed_data(val_data)
+            self.test()
+            heads = self.heads_output()
+            scores = {}
+            if with_metrics and hasattr(self, 'gt'):
+                for name, metric_opt in metrics_opt.items():
+                    scores[name] = per_head(heads, self.gt, metric_opt)
+                accumulator.add(scores)
+            if save_img:
+                self._save_images(val_data, heads, scores.get(first_metric), metrics_opt.get(first_metric), save_all,
+                                  dataset_name, current_iter)
+            del self.lq, self.output
+            if hasattr(self, 'gt'):
+                del self.gt
+            if pbar is not None:
+                pbar.update(1)
+        if pbar is not None:
+            pbar.close()
+        if with_metrics:
+            if self.opt.get('dist'):
+                accumulator.all_reduce(self.device)
+            if accumulator.count == 0:
+                get_root_logger().warning(f'Validation {dataset_name}: no image had a ground truth; no metrics.')
+                return
+            self.metric_results = accumulator.results()
+            self.best_head = accumulator.best_head(first_metric)
+            for name in metrics_opt:
+                self._update_best_metric_result(dataset_name, name, self.metric_results[name], current_iter)
+            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+
+    def _save_images(self, val_data, heads, first_scores, first_opt, save_all, dataset_name, current_iter):
+        """Save each image's best head (per-image best by the first metric; the recorded best head without GT)."""
+        higher = (first_opt or {}).get('better', 'higher') == 'higher'
+        for b in range(heads.shape[0]):
+            img_name = osp.splitext(osp.basename(val_data['lq_path'][b]))[0]
+            if first_scores is not None:
+                row = first_scores[b]
+                best = int(torch.argmax(row) if higher else torch.argmin(row))
+            else:
+                best = self.best_head
+            picks = range(heads.shape[1]) if save_all else [best]
+            for k in picks:
+                suffix = '' if not save_all else f'_h{k}'
+                imwrite(tensor2img(heads[b, k].detach().cpu()), self._image_path(dataset_name, img_name,
+                                                                                current_iter, suffix))
+
+    def _image_path(self, dataset_name, img_name, current_iter, suffix):
+        vis = self.opt['path']['visualization']
+        if self.opt['is_train']:
+            return osp.join(vis, img_name, f'{img_name}_{current_iter}{suffix}.png')
+        tag = self.opt['val'].get('suffix') or self.opt['name']
+        return osp.join(vis, dataset_name, f'{img_name}_{tag}{suffix}.png')
+
+    def _log_validation_metric_values(self, current_iter, dataset_name, tb_logger):
+        lines = [f'Validation {dataset_name}']
+        best = getattr(self, 'best_metric_results', {}).get(dataset_name, {})
+        for metric, value in self.metric_results.items():
+            line = f'\t # {metric}: {value:.4f}'
+            if metric in best:
+                line += f'\tBest: {best[metric]["val"]:.4f} @ {best[metric]["iter"]} iter'
+            if metric == 'best_head' and self.num_outputs > 1:
+                line += f'\t({head_pair_name(int(value), self.num_heads, self.combine)})'
+            lines.append(line)
+        get_root_logger().info('\n'.join(lines) + '\n')
+        if tb_logger:
+            for metric, value in self.metric_results.items():
+                tb_logger.add_scalar(f'metrics/{dataset_name}/{metric}', value, current_iter)
+
+    # ------------------------------------------------------------------ checkpoints
+    def multihead_meta(self):
+        """What a checkpoint records besides the weights: head count, combine, best head, backbone."""
+        bare = self.get_bare_model(self.net_g)
+        return {
+            'num_heads': self.num_heads,
+            'combine': self.combine,
+            'num_outputs': self.num_outputs,
+            'best_head': int(self.best_head),
+            'backbone': getattr(bare, 'backbone_type', type(bare).__name__),
+            'head_layers': list(getattr(bare, 'head_layer_names', [])),
+        }
+
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        """BasicSR's layout (``params``/``params_ema``) plus a ``multihead`` entry, written atomically."""
+        if self.opt['rank'] != 0:
+            return
+        label = 'latest' if current_iter == -1 else current_iter
+        save_path = os.path.join(self.opt['path']['models'], f'{net_label}_{label}.pth')
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        save_dict = {}
+        for net_, key in zip(nets, keys):
+            state = self.get_bare_model(net_).state_dict()
+            save_dict[key] = OrderedDict(
+                (k[7:] if k.startswith('module.') else k, v.detach().cpu()) for k, v in state.items())
+        save_dict[MULTIHEAD_META_KEY] = self.multihead_meta()
+        atomic_torch_save(save_dict, save_path)
+
+    def save_training_state(self, epoch, current_iter):
+        """Optimizers, schedulers and head statistics, written atomically (rank 0 only)."""
+        if self.opt['rank'] != 0 or current_iter == -1:
+            return
+        state = {
+            'epoch': epoch,
+            'iter': current_iter,
+            'optimizers': [o.state_dict() for o in self.optimizers],
+            'schedulers': [s.state_dict() for s in self.schedulers],
+            'best_head': int(self.best_head),
+            'win_counts': self._win_counts.detach().cpu(),
+        }
+        if hasattr(self, 'best_metric_results'):
+            state['best_metric_results'] = deepcopy(self.best_metric_results)
+        atomic_torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    def resume_training(self, resume_state):
+        super().resume_training(resume_state)
+        self.best_head = int(resume_state.get('best_head', 0))
+        if 'win_counts' in resume_state and resume_state['win_counts'].numel() == self.num_outputs:
+            self._win_counts.copy_(resume_state['win_counts'].to(self._win_counts))
+        if 'best_metric_results' in resume_state:
+            self.best_metric_results = resume_state['best_metric_results']

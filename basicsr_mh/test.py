@@ -1,0 +1,62 @@
+"""Test entry point: ``basicsr-mh test -opt ...`` / ``python -m basicsr_mh.test -opt ...``.
+
+Like BasicSR's ``basicsr/test.py`` with the current directory as root: results go to ``results/<name>/``, an existing
+folder of that name is archived (renamed), never overwritten.
+"""
+import logging
+import os
+import sys
+import torch
+from os import path as osp
+
+import basicsr_mh  # noqa: F401
+from basicsr.data import build_dataloader, build_dataset
+from basicsr.models import build_model
+from basicsr.utils import get_env_info, get_root_logger, get_time_str, make_exp_dirs
+from basicsr.utils.options import dict2str
+
+from .cli_options import parse_options
+
+
+def test_pipeline(root_path, argv=None):
+    """Validate a model on every dataset of the option file; returns the model (its ``metric_results``)."""
+    opt, _ = parse_options(root_path, is_train=False, argv=argv)
+    notes = opt.pop('_notes', [])
+    torch.backends.cudnn.benchmark = True
+    make_exp_dirs(opt)
+    log_file = osp.join(opt['path']['log'], f"test_{opt['name']}_{get_time_str()}.log")
+    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+    logger.info(get_env_info())
+    for note in notes:
+        logger.info(note)
+    logger.info(dict2str(opt))
+
+    opt.setdefault('val', {})
+    test_loaders = []
+    for _, dataset_opt in sorted(opt['datasets'].items()):
+        test_set = build_dataset(dataset_opt)
+        test_loader = build_dataloader(
+            test_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=None, seed=opt['manual_seed'])
+        logger.info(f"Number of test images in {dataset_opt['name']}: {len(test_set)}")
+        test_loaders.append(test_loader)
+
+    model = build_model(opt)
+    results = {}
+    for test_loader in test_loaders:
+        name = test_loader.dataset.opt['name']
+        logger.info(f'Testing {name}...')
+        model.validation(test_loader, current_iter=opt['name'], tb_logger=None,
+                         save_img=opt['val'].get('save_img', False))
+        results[name] = dict(getattr(model, 'metric_results', {}) or {})
+    model.test_results = results
+    return model
+
+
+def main(argv=None):
+    """``python -m basicsr_mh.test -opt ...``."""
+    return test_pipeline(os.getcwd(), argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == '__main__':
+    main()
+    sys.exit(0)
