@@ -104,6 +104,7 @@ def train_pipeline(root_path, argv=None):
     data_timer, iter_timer = AvgTimer(), AvgTimer()
     start_time = time.time()
     val_freq = (opt.get('val') or {}).get('val_freq')
+    last_val_iter = None
     epoch = start_epoch
     for epoch in range(start_epoch, total_epochs + 1):
         train_sampler.set_epoch(epoch)
@@ -131,6 +132,7 @@ def train_pipeline(root_path, argv=None):
             if val_freq is not None and current_iter % val_freq == 0:
                 for val_loader in val_loaders:
                     model.validation(val_loader, current_iter, tb_logger, opt['val'].get('save_img', False))
+                last_val_iter = current_iter
             data_timer.start()
             iter_timer.start()
             train_data = prefetcher.next()
@@ -141,9 +143,10 @@ def train_pipeline(root_path, argv=None):
     logger.info(f'End of training. Time consumed: {consumed}')
     logger.info('Save the latest model.')
     model.save(epoch=-1, current_iter=-1)
-    if opt.get('val') is not None:
+    final_iter = min(current_iter, total_iters)
+    if opt.get('val') is not None and last_val_iter != final_iter:  # BasicSR validates once more unless just done
         for val_loader in val_loaders:
-            model.validation(val_loader, min(current_iter, total_iters), tb_logger, opt['val'].get('save_img', False))
+            model.validation(val_loader, final_iter, tb_logger, opt['val'].get('save_img', False))
     if tb_logger:
         tb_logger.close()
     return model

@@ -1,49 +1,11 @@
 """Shared fixtures: tiny blurred/sharp pair folders built from scikit-image's bundled photos, and option files."""
-import os
-
 import basicsr_mh  # noqa: F401  (must precede basicsr imports: installs the torchvision alias)
-import cv2
-import numpy as np
 import pytest
 import yaml
-from skimage import data as skdata
 
-PHOTOS = ('astronaut', 'coffee', 'rocket', 'chelsea', 'retina', 'immunohistochemistry')
+from basicsr_mh.data.example_pairs import TRAIN_PHOTOS, VAL_PHOTOS, make_pair_folder
 
-
-def photo_bgr(name, size=None):
-    """A real photo from scikit-image as uint8 BGR, optionally resized to (w, h)."""
-    img = getattr(skdata, name)()
-    if img.ndim == 2:
-        img = np.stack([img] * 3, axis=-1)
-    img = cv2.cvtColor(img[..., :3], cv2.COLOR_RGB2BGR)
-    if size is not None:
-        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-    return img
-
-
-def motion_blur(img, length, angle):
-    """Blur with a straight line kernel of ``length`` pixels at ``angle`` degrees."""
-    kernel = np.zeros((length, length), np.float32)
-    kernel[length // 2, :] = 1.0
-    rot = cv2.getRotationMatrix2D((length / 2 - 0.5, length / 2 - 0.5), angle, 1.0)
-    kernel = cv2.warpAffine(kernel, rot, (length, length))
-    kernel /= kernel.sum()
-    return cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REFLECT)
-
-
-def make_pair_folder(root, names, size, seed):
-    """Write ``root/{gt,lq}/<name>.png`` pairs; returns (gt_dir, lq_dir)."""
-    rng = np.random.default_rng(seed)
-    gt_dir, lq_dir = os.path.join(root, 'gt'), os.path.join(root, 'lq')
-    os.makedirs(gt_dir, exist_ok=True)
-    os.makedirs(lq_dir, exist_ok=True)
-    for i, name in enumerate(names):
-        img = photo_bgr(name, size)
-        blurred = motion_blur(img, int(rng.integers(3, 8)), float(rng.uniform(0, 180)))
-        cv2.imwrite(os.path.join(gt_dir, f'{i:03d}_{name}.png'), img)
-        cv2.imwrite(os.path.join(lq_dir, f'{i:03d}_{name}.png'), blurred)
-    return gt_dir, lq_dir
+PHOTOS = TRAIN_PHOTOS + VAL_PHOTOS
 
 
 @pytest.fixture(scope='session')

@@ -138,9 +138,13 @@ class MultiHeadConv2d(nn.Conv2d):
         b, _, h, w = out.shape
         heads = out.view(b, self.num_heads, self.head_channels, h, w)
         mean = heads.mean(dim=1)
+        if self.detach_mean:
+            # detached in the stash too: head k = y(mean) + a * (R_k - mean) must carry gradient through R_k only
+            # (a mean with gradient here would send -a/K of every head's gradient into all the other heads)
+            mean = mean.detach()
         self._stash = (heads, mean)
         # a copy: backbones may add to the returned tensor in place (MSRResNet's `out += base`)
-        return mean.detach().clone() if self.detach_mean else mean.clone()
+        return mean.clone()
 
     def pop_heads(self):
         """Return and forget ``(heads (B, K, C, h, w), mean (B, C, h, w))`` of the last forward."""
