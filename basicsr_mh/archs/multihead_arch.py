@@ -288,6 +288,9 @@ class MultiHeadArch(nn.Module):
     """
 
     def __new__(cls, backbone=None, num_heads=1, combine=False, **kwargs):
+        if backbone is None and not kwargs:
+            # copy.deepcopy / pickle re-create the object without arguments, then restore its __dict__
+            return super().__new__(cls)
         num_heads, combine = check_head_options(num_heads, combine)
         if num_heads == 1 and not combine:
             return _build_backbone(backbone)
