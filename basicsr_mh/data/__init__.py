@@ -1,2 +1,4 @@
-"""Data helpers: example blurred/sharp pairs from scikit-image's bundled photos."""
-from .example_pairs import make_example_dataset, make_pair_folder, motion_blur, photo_bgr  # noqa: F401
+"""Data helpers. ``example_pairs``: blurred/sharp pair folders from scikit-image's bundled photos.
+
+Submodules are imported where used (not here), so ``python -m basicsr_mh.data.example_pairs`` runs cleanly.
+"""
