@@ -11,6 +11,8 @@ USAGE = """usage: {prog} <command> [options]
 commands:
   train   -opt OPTIONS.yml [--launcher none|pytorch|slurm] [--auto_resume] [--debug] [--force_yml KEY=VALUE ...]
   test    -opt OPTIONS.yml [--launcher ...] [--force_yml ...]
+  make-data --out DIR [--num-train N --num-val N --size S --seed S --lmdb ...]
+          GoPro-style blurred/sharp pairs from the photos bundled with scikit-image
 
 `{prog} <command> -h` shows a command's options. Folders experiments/, tb_logger/ and results/ are created in the
 current directory. For several processes: torchrun --nproc_per_node=N -m basicsr_mh.train -opt ... --launcher pytorch
@@ -33,6 +35,9 @@ def main(argv=None):
         from .test import test_pipeline
         test_pipeline(os.getcwd(), rest)
         return 0
+    if command == 'make-data':
+        from .data.gopro_synth import main as make_data_main
+        return make_data_main(rest, prog=f'{prog} make-data')
     print(f'{prog}: unknown command "{command}".\n' + USAGE.format(prog=prog), file=sys.stderr)
     return 2
 
