@@ -6,8 +6,14 @@ through an additive tail: global residual, crop after padding, ``x / img_range +
 keeps all heads; since the tail is additive, head ``k`` of the network is exactly
 ``y(mean) + a * crop(R_k - mean)``. A probe at build time finds the output layer, measures ``a`` and checks the
 additivity; a backbone whose tail is not additive gets a clear error naming the layer.
+
+Multi-stage backbones (HINet, MPRNet): a stage's image may also feed a later stage through a conv that reads it
+(``sam12.conv3`` of HINet's supervised attention module). That conv is grown too, to ``K * C`` input channels
+(:class:`MultiHeadInputConv2d`), and reads all K head images of the stage, as the reference multi-head HINet and MPRNet
+do, so their checkpoints load and give the same outputs (``feed_all_heads=False``: it reads the mean of the heads).
 """
 import difflib
+import inspect
 import math
 import torch
 import warnings
@@ -18,10 +24,13 @@ from torch import nn
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY
 
-__all__ = ['MultiHeadArch', 'MultiHeadConv2d', 'extended_head_pairs', 'num_extended_heads', 'head_pair_name']
+__all__ = [
+    'MultiHeadArch', 'MultiHeadConv2d', 'MultiHeadInputConv2d', 'extended_head_pairs', 'num_extended_heads',
+    'head_pair_name'
+]
 
 MAX_RECOMMENDED_HEADS = 16
-_IN_CHANNEL_KEYS = ('img_channel', 'inp_channels', 'in_channels', 'num_in_ch', 'in_chans', 'in_nc', 'in_c')
+_IN_CHANNEL_KEYS = ('img_channel', 'inp_channels', 'in_channels', 'num_in_ch', 'in_chans', 'in_nc', 'in_c', 'in_chn')
 
 
 def extended_head_pairs(num_heads, combine):
@@ -176,10 +185,88 @@ class MultiHeadConv2d(nn.Conv2d):
                                       error_msgs)
 
 
+class MultiHeadInputConv2d(nn.Conv2d):
+    """A Conv2d that reads a headed stage image and gets all K head images, stacked head-major on the channels.
+
+    For a multi-stage backbone whose later stage reads an earlier stage's image through a conv ``c`` (input
+    ``x = y(mean)``, additive in the head layer ``producer`` with scale ``a``), head ``k``'s image is
+    ``x + a * (R_k - mean)``; this layer convolves the K head images concatenated on the channels (input channel
+    ``k * C + c`` is channel ``c`` of head ``k``), so its weight has ``K * C`` input channels: the layout of the
+    reference multi-head HINet/MPRNet (``sam.conv3``). A fresh layer and a single-head checkpoint's weight ``W`` start
+    as ``W / K`` for every head, i.e. as the plain conv of the mean image.
+
+    Forward: ``x`` (B, C, h, w), the backbone's stage image built from the mean of the heads -> (B, C_out, h', w').
+    """
+
+    def __init__(self, conv, producer, scale=1.0):
+        num_heads = producer.num_heads
+        super().__init__(
+            conv.in_channels * num_heads,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype)
+        self.num_heads = num_heads
+        self.head_channels = conv.in_channels
+        self.scale = scale
+        # a plain reference, not a submodule: the producer's parameters stay under its own name
+        object.__setattr__(self, 'producer', producer)
+        with torch.no_grad():
+            self.weight.copy_(conv.weight.detach().repeat(1, num_heads, 1, 1) / num_heads)
+            if self.bias is not None:
+                self.bias.copy_(conv.bias.detach())
+
+    def forward(self, x):
+        """(B, C, h, w) stage image of the mean head -> conv of the K head images (B, K * C, h, w)."""
+        stash = self.producer._stash
+        if stash is None:
+            raise RuntimeError(f'MultiHeadArch: "{self.producer.layer_name}" must run before the layer that reads '
+                               'its stage image.')
+        heads, mean = stash
+        delta = heads - mean.unsqueeze(1)
+        stacked = x.unsqueeze(1) + (delta if self.scale == 1.0 else self.scale * delta)
+        return super().forward(stacked.flatten(1, 2))
+
+    def extra_repr(self):
+        return f'{super().extra_repr()}, heads_of={self.producer.layer_name!r}'
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + 'weight'
+        if key in state_dict and state_dict[key].dim() == 4 and state_dict[key].shape[1] != self.in_channels:
+            in_ch = state_dict[key].shape[1]
+            if in_ch == self.head_channels:
+                state_dict[key] = state_dict[key].repeat(1, self.num_heads, 1, 1) / self.num_heads
+                get_root_logger().info(f'MultiHeadArch: single-head checkpoint layer "{prefix[:-1]}" replicated '
+                                       f'over the {self.num_heads} head images it reads (warm start).')
+            elif in_ch % self.head_channels == 0:
+                raise ValueError(
+                    f'The checkpoint\'s layer "{prefix[:-1]}" reads {in_ch // self.head_channels} head images, but '
+                    f'network_g.num_heads is {self.num_heads}. Fix: set `num_heads: {in_ch // self.head_channels}`.')
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
 def _find_in_channels(backbone_opt, backbone):
     for key in _IN_CHANNEL_KEYS:
         if isinstance(backbone_opt, dict) and isinstance(backbone_opt.get(key), int):
             return backbone_opt[key]
+    # the constructor's default, through the class hierarchy (HINet registers other convs before the one that reads
+    # the image; HINetLocal passes its arguments on with **kwargs)
+    for cls in type(backbone).__mro__:
+        try:
+            params = inspect.signature(cls.__init__).parameters
+        except (TypeError, ValueError):
+            continue
+        for key in _IN_CHANNEL_KEYS:
+            if key in params and isinstance(params[key].default, int):
+                return params[key].default
     for module in backbone.modules():
         if isinstance(module, nn.Conv2d):
             return module.in_channels
@@ -219,15 +306,21 @@ class _TailProbe:
         self.probe_input = probe_input
 
     @torch.no_grad()
-    def run(self, perturb=None):
-        """Forward once. ``perturb``: (module, delta) added to that module's output. Returns outputs and calls."""
+    def run(self, perturb=None, watch=()):
+        """Forward once. ``perturb``: (module, delta) added to that module's output. Returns outputs and calls.
+
+        The inputs of the layers named in ``watch`` (first call) are kept in ``self.inputs``.
+        """
         calls = OrderedDict()
         handles = []
+        self.inputs = {}
 
         def make_hook(name):
 
             def hook(module, args, output):
                 calls.setdefault(name, []).append(tuple(output.shape))
+                if name in watch and name not in self.inputs:
+                    self.inputs[name] = args[0].detach().clone()
                 if perturb is not None and module is perturb[0]:
                     return output + perturb[1]
                 return None
@@ -264,6 +357,26 @@ class _TailProbe:
             effects.append((a, residual, moved))
         return effects
 
+    @torch.no_grad()
+    def input_effect(self, module, out_shape, watch):
+        """Perturb ``module``'s output; return {name: a} for the layers in ``watch`` whose input moves by exactly
+        ``a * delta`` (same shape as ``module``'s output)."""
+        self.run(watch=watch)
+        base = self.inputs
+        gen = torch.Generator().manual_seed(4321)
+        delta = torch.randn(out_shape, generator=gen).to(self.probe_input)
+        self.run((module, delta), watch=watch)
+        found = {}
+        for name, moved in self.inputs.items():
+            if name not in base or moved.shape != delta.shape:
+                continue
+            diff, d = (moved - base[name]).double(), delta.double()
+            a = float((diff * d).sum() / (d * d).sum())
+            residual = float((diff - a * d).abs().max()) / max(float((a * d).abs().max()), 1e-12)
+            if abs(a) > 1e-8 and residual < 1e-3:
+                found[name] = _snap_scale(a)
+        return found
+
 
 @ARCH_REGISTRY.register()
 class MultiHeadArch(nn.Module):
@@ -280,10 +393,15 @@ class MultiHeadArch(nn.Module):
             is additive.
         probe_size (int): spatial size of the build-time probe input (a multiple of the backbone's size factor).
         probe_channels (int | None): input channels of the probe; read from the backbone's options when None.
+        feed_all_heads (bool): for multi-stage backbones: a conv (run once, ``groups=1``) whose input is an additive
+            function of a non-final stage's head layer (HINet/MPRNet ``sam*.conv3``, which read the stage image)
+            reads all K head images of that stage (:class:`MultiHeadInputConv2d`, ``K * C`` input channels), as the
+            reference multi-head HINet/MPRNet do. False: it reads the mean of the heads (no extra parameters).
 
     Input ``(B, C_in, H, W)``; output ``(B, K', C_out, H', W')``, or for a multi-stage backbone that returns a list,
     a list with one such tensor per headed stage (stages without a head layer stay ``(B, C_out, H', W')``).
-    ``state_dict()`` keys are the backbone's keys; the output layer's weight has ``K * C_out`` channels, head-major.
+    ``state_dict()`` keys are the backbone's keys; the output layer's weight has ``K * C_out`` channels, head-major
+    (and a layer that reads a headed stage image ``K * C_out`` input channels, head-major).
     With ``num_heads: 1, combine: false`` the plain backbone itself is returned.
     """
 
@@ -297,7 +415,7 @@ class MultiHeadArch(nn.Module):
         return super().__new__(cls)
 
     def __init__(self, backbone=None, num_heads=1, combine=False, head_layers=None, probe_size=64,
-                 probe_channels=None):
+                 probe_channels=None, feed_all_heads=True):
         super().__init__()
         num_heads, combine = check_head_options(num_heads, combine)
         self.num_heads = num_heads
@@ -312,6 +430,7 @@ class MultiHeadArch(nn.Module):
         self.register_buffer('pair_j', pair_j, persistent=False)
 
         in_ch = probe_channels or _find_in_channels(backbone, self.backbone)
+        self.feed_all_heads = bool(feed_all_heads)
         self._attach_heads(head_layers, in_ch, probe_size)
         self._register_state_dict_hook(_strip_backbone_prefix)
         self._register_load_state_dict_pre_hook(_add_backbone_prefix)
@@ -334,6 +453,7 @@ class MultiHeadArch(nn.Module):
                              'or `probe_channels` under network_g.') from err
         modules = dict(self.backbone.named_modules())
         assigned = self._choose_head_layers(head_layers, probe, base_outputs, calls, modules)
+        head_inputs = self._find_head_inputs(probe, assigned, calls, modules) if self.feed_all_heads else {}
         self.head_layer_names = []
         self.output_heads = {}
         self.output_scales = {}
@@ -346,13 +466,40 @@ class MultiHeadArch(nn.Module):
             self.output_heads[index] = name
             self.output_scales[index] = scale
         self.num_stage_outputs = len(base_outputs)
-        self.backbone.train(was_training)
         self._grown = {name: _get_submodule(self.backbone, name) for name in self.head_layer_names}
+        self.head_input_layers = {}
+        for name, (producer, scale) in head_inputs.items():
+            _set_submodule(self.backbone, name, MultiHeadInputConv2d(modules[name], self._grown[producer], scale))
+            self.head_input_layers[name] = producer
+        self.backbone.train(was_training)
+        reads = ''.join(f'; {c} reads the heads of {p}' for c, p in self.head_input_layers.items())
         get_root_logger().info(
             f'MultiHeadArch: {self.backbone_type} with {self.num_heads} heads'
             f'{" combined into " + str(self.num_outputs) if self.combine else ""}; output layer(s) '
             f'{", ".join(self.head_layer_names)} grown x{self.num_heads}, tail scale(s) '
-            f'{", ".join(f"{s:g}" for s in self.output_scales.values())}.')
+            f'{", ".join(f"{s:g}" for s in self.output_scales.values())}{reads}.')
+
+    def _find_head_inputs(self, probe, assigned, calls, modules):
+        """Return {conv name: (head layer, scale)} for the convs that read a non-final stage's image.
+
+        Only head layers that move other outputs are examined; a candidate runs once per forward, has ``groups=1``,
+        ``C_out`` input channels, and its input moves by ``a * delta`` when the head layer's output moves by delta.
+        """
+        heads = {name for name, _, _ in assigned.values()}
+        found = {}
+        for _, (name, _, detach) in sorted(assigned.items()):
+            if detach:
+                continue
+            channels = modules[name].out_channels
+            watch = [
+                n for n, shapes in calls.items()
+                if len(shapes) == 1 and n not in heads and n not in found and modules[n].groups == 1
+                and modules[n].in_channels == channels
+            ]
+            if watch:
+                for consumer, scale in probe.input_effect(modules[name], calls[name][0], watch).items():
+                    found[consumer] = (name, scale)
+        return found
 
     def _choose_head_layers(self, head_layers, probe, base_outputs, calls, modules):
         """Return {output index: (layer name, tail scale a, detach_mean)} after checking additivity."""
@@ -439,7 +586,7 @@ class MultiHeadArch(nn.Module):
 
     def extra_repr(self):
         return (f'num_heads={self.num_heads}, combine={self.combine}, num_outputs={self.num_outputs}, '
-                f'head_layers={self.head_layer_names}')
+                f'head_layers={self.head_layer_names}, head_input_layers={list(self.head_input_layers)}')
 
 
 def _build_backbone(backbone):
