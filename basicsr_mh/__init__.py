@@ -1,7 +1,7 @@
 """basicsr-mh: multi-output (multi-head) deblurring for BasicSR.
 
 Importing this package first fixes BasicSR 1.4.2's import on current torchvision (:mod:`basicsr_mh.compat`), then
-imports the architectures, losses, models and data modules so that they register into BasicSR's registries.
+imports the architectures, losses, models and datasets so that they register into BasicSR's registries.
 """
 from . import compat  # noqa: F401  (must come before anything that imports basicsr)
 from .version import __version__  # noqa: F401
@@ -9,3 +9,4 @@ from . import archs  # noqa: F401,E402
 from . import losses  # noqa: F401,E402
 from . import models  # noqa: F401,E402
 from . import data  # noqa: F401,E402
+from .data import paired_image_dataset  # noqa: F401,E402  (registers Dataset_PairedImage)

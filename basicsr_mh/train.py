@@ -6,7 +6,6 @@ gloo on the CPU for ``--launcher pytorch``.
 """
 import datetime
 import logging
-import math
 import os
 import sys
 import time

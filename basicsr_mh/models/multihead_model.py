@@ -20,9 +20,24 @@ from ..losses.min_head_loss import MinHeadLoss, log_loss_upgrade
 from ..metrics import per_head
 from ..options import upgrade_options
 from .checkpoint import atomic_torch_save, read_checkpoint
+from .lr_scheduler import build_scheduler
+from .tiling import check_grid_options, grid_crop_size, merge_tiles, split_tiles
+from .train_augment import MixingAugment, ProgressiveTraining
 from .validation import HeadMetricAccumulator
 
 MULTIHEAD_META_KEY = 'multihead'
+
+
+def float_psnr_per_head(heads, gt, crop_border=0):
+    """PSNR of float images with peak 1, no quantization: ``(B, K', C, H, W)``, ``(B, C, H, W)`` -> ``(B, K')``.
+
+    The forks' ``use_image: false`` path (``calculate_psnr`` on the output tensors).
+    """
+    if crop_border:
+        heads = heads[..., crop_border:-crop_border, crop_border:-crop_border]
+        gt = gt[..., crop_border:-crop_border, crop_border:-crop_border]
+    mse = (heads.double() - gt.double().unsqueeze(1)).pow(2).flatten(2).mean(dim=2)
+    return (10 * torch.log10(1.0 / mse)).cpu()
 
 
 @MODEL_REGISTRY.register()
@@ -31,18 +46,38 @@ class MultiHeadImageRestorationModel(SRModel):
 
     Training: the pixel loss is wrapped in :class:`MinHeadLoss` when it is a plain loss, and applied to every stage
     output of multi-stage backbones; head win rates (``heads/win_h{k}``) go to the log and TensorBoard.
-    EMA (``train.ema_decay``), gradient clipping (``train.use_grad_clip``) and every ``torch.optim`` optimizer work.
+    EMA (``train.ema_decay``), gradient clipping (``train.use_grad_clip``), every ``torch.optim`` optimizer and every
+    scheduler of :func:`basicsr_mh.models.lr_scheduler.build_scheduler` work. Restormer's batch augmentations run
+    just before the forward pass: progressive training (``datasets.train.mini_batch_sizes``/``gt_sizes``/``iters``)
+    and mixup (``train.mixing_augs``), see :mod:`basicsr_mh.models.train_augment`.
 
     Validation: for every YAML metric ``m``, ``m`` is the best single head's mean (Eq. 7b; it drives BasicSR's
     best-metric tracking), ``m_overall`` the mean of each image's best head (Eq. 7a), ``m_worst`` the mean of each
     image's worst head, ``m_h0 .. m_h{K'-1}`` the per-head means, and ``best_head`` the best single head of the
     first metric. The network output is ``(B, K', C, H, W)``; a plain network (4-D output) is treated as K' = 1.
+    Inference options (``val``): ``grids`` tiling with ``crop_size``/``crop_size_h``/``crop_size_w``/ratios (NAFNet,
+    HINet; every head merged on its own), ``max_minibatch`` (tiles per forward), ``window_size`` (Restormer:
+    reflect-pad to a multiple), ``rgb2bgr`` and ``use_image`` (NAFNet/Restormer validation flags).
     """
+
+    #: The model handles multi-head networks itself: ``upgrade_options`` keeps a model type whose class says so.
+    is_multihead_model = True
+    #: ``train.use_grad_clip`` when the option file does not set it.
+    default_grad_clip = False
 
     def __init__(self, opt):
         upgrade_options(opt)
+        path_opt = opt.setdefault('path', {})
+        if path_opt.get('param_key') is not None and path_opt.get('param_key_g') is None:
+            path_opt['param_key_g'] = path_opt['param_key']  # NAFNet/Restormer forks' name
+        check_grid_options(opt)
+        self.scale = int(opt.get('scale', 1))
         self.best_head = 0
         self._win_counts = None
+        self._val_flags = {}
+        self.progressive = None
+        self.mixing = None
+        self._progressive_stage = None
         super().__init__(opt)
         bare = self.get_bare_model(self.net_g)
         self.num_heads = getattr(bare, 'num_heads', 1)
@@ -114,9 +149,24 @@ class MultiHeadImageRestorationModel(SRModel):
                              '`pixel_opt: {type: PSNRLoss, loss_weight: 1}`.')
         if has_heads and self.cri_pix is None:
             raise ValueError('train.pixel_opt is required for a multi-head network: it picks each sample\'s head.')
-        self.use_grad_clip = train_opt.get('use_grad_clip', False)
+        self.use_grad_clip = train_opt.get('use_grad_clip', self.default_grad_clip)
+        self.progressive = ProgressiveTraining.from_options((self.opt.get('datasets') or {}).get('train'), self.scale)
+        self.mixing = MixingAugment.from_options(train_opt.get('mixing_augs'), self.device)
+        if self.mixing is not None:
+            logger.info(f'Mixing augmentation: mixup (beta {self.mixing.dist.concentration1.item():g}, identity '
+                        f'{"on" if self.mixing.use_identity else "off"}).')
         self.setup_optimizers()
         self.setup_schedulers()
+
+    def setup_schedulers(self):
+        """One scheduler per optimizer: BasicSR's own, TrueCosineAnnealingLR, CosineAnnealingRestartCyclicLR,
+        LinearLR (:func:`basicsr_mh.models.lr_scheduler.build_scheduler`; an unknown type lists the known ones)."""
+        train_opt = self.opt['train']
+        scheduler_opt = train_opt.get('scheduler')
+        if not scheduler_opt:
+            return
+        for optimizer in self.optimizers:
+            self.schedulers.append(build_scheduler(optimizer, scheduler_opt, total_iter=train_opt.get('total_iter')))
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
         """Load a checkpoint; a single-head checkpoint's output layer warm-starts every head (logged)."""
@@ -150,7 +200,29 @@ class MultiHeadImageRestorationModel(SRModel):
             super()._print_different_keys_loading(crt_net, load_net, strict)
 
     # ------------------------------------------------------------------ training
-    def optimize_parameters(self, current_iter):
+    def feed_data(self, data, is_val=False):
+        """Take a batch (``lq``, optional ``gt``) onto the device; ``is_val`` is accepted for the forks' callers."""
+        self.lq = data['lq'].to(self.device)
+        if 'gt' in data:
+            self.gt = data['gt'].to(self.device)
+
+    def augment_batch(self, current_iter):
+        """Restormer's progressive cut and mixup of the fed training batch for iteration ``current_iter``."""
+        if self.progressive is not None:
+            stage = self.progressive.stage(current_iter)
+            if stage != self._progressive_stage:
+                self._progressive_stage = stage
+                get_root_logger().info(
+                    f'Progressive training stage {stage + 1}/{len(self.progressive.ends)} from iter {current_iter}: '
+                    f'patch size {self.progressive.gt_sizes[stage]}, batch size '
+                    f'{self.progressive.mini_batch_sizes[stage]} per GPU.')
+            self.lq, self.gt = self.progressive(self.lq, self.gt, current_iter)
+        if self.mixing is not None:
+            self.gt, self.lq = self.mixing(self.gt, self.lq)
+
+    def optimize_parameters(self, current_iter, tb_logger=None):
+        """One training step on the fed batch (after :meth:`augment_batch`); ``tb_logger`` is accepted and unused."""
+        self.augment_batch(current_iter)
         self.optimizer_g.zero_grad()
         outputs = self.net_g(self.lq)
         stages = outputs if isinstance(outputs, (list, tuple)) else [outputs]
@@ -206,14 +278,48 @@ class MultiHeadImageRestorationModel(SRModel):
 
     # ------------------------------------------------------------------ inference
     def test(self):
+        """Run the EMA network (else net_g) on ``self.lq``: ``self.output`` (B, [K',] C, H, W), last stage only."""
         net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
         was_training = net.training
         net.eval()
-        with torch.no_grad():
-            output = net(self.lq)
-        if was_training and net is self.net_g:
-            net.train()
-        self.output = output[-1] if isinstance(output, (list, tuple)) else output
+        try:
+            with torch.no_grad():
+                self.output = self.inference(net, self.lq)
+        finally:
+            if was_training:
+                net.train()
+
+    def inference(self, net, lq):
+        """``net`` on ``lq`` with the ``val`` options: ``grids`` tiling, ``window_size`` padding, ``max_minibatch``."""
+        val_opt = self.opt.get('val') or {}
+        if not val_opt.get('grids', False):
+            return self._forward_padded(net, lq)
+        height, width = lq.shape[-2] * self.scale, lq.shape[-1] * self.scale
+        crop_h, crop_w = grid_crop_size(val_opt, (self.opt.get('datasets') or {}).get('train'), height, width,
+                                        self.scale)
+        tiles, offsets = split_tiles(lq, crop_h, crop_w, self.scale)
+        return merge_tiles(self._forward_padded(net, tiles), offsets, lq.shape[0], height, width)
+
+    def _forward_padded(self, net, lq):
+        """Reflect-pad to a multiple of ``val.window_size`` (Restormer), run, crop back."""
+        window = (self.opt.get('val') or {}).get('window_size') or 0
+        height, width = lq.shape[-2:]
+        pad_h, pad_w = (-height) % window if window else 0, (-width) % window if window else 0
+        if pad_h or pad_w:
+            lq = torch.nn.functional.pad(lq, (0, pad_w, 0, pad_h), 'reflect')
+        out = self._forward_batched(net, lq)
+        if pad_h or pad_w:
+            out = out[..., :height * self.scale, :width * self.scale]
+        return out
+
+    def _forward_batched(self, net, lq):
+        """``net`` on chunks of at most ``val.max_minibatch`` samples; the last stage of list outputs."""
+        step = (self.opt.get('val') or {}).get('max_minibatch') or lq.shape[0]
+        outs = []
+        for start in range(0, lq.shape[0], step):
+            out = net(lq[start:start + step])
+            outs.append(out[-1] if isinstance(out, (list, tuple)) else out)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
     def heads_output(self):
         """The last output as (B, K', C, H, W) (a plain network's (B, C, H, W) becomes K' = 1)."""
@@ -228,6 +334,36 @@ class MultiHeadImageRestorationModel(SRModel):
         return out_dict
 
     # ------------------------------------------------------------------ validation
+    def validation(self, dataloader, current_iter, tb_logger, save_img=False, rgb2bgr=None, use_image=None):
+        """BasicSR's validation; ``rgb2bgr``/``use_image`` (the forks' extra arguments) override ``val.*``."""
+        self._val_flags = {'rgb2bgr': rgb2bgr, 'use_image': use_image}
+        try:
+            super().validation(dataloader, current_iter, tb_logger, save_img)
+        finally:
+            self._val_flags = {}
+
+    def _val_flag(self, name):
+        value = self._val_flags.get(name)
+        return bool((self.opt.get('val') or {}).get(name, True) if value is None else value)
+
+    def head_scores(self, heads, gt, metrics_opt):
+        """``{name: (B, K')}`` for the ``val.metrics`` entries, following ``val.rgb2bgr`` and ``val.use_image``.
+
+        ``rgb2bgr: false`` evaluates the RGB images as BGR ones (as the forks' ``tensor2img(rgb2bgr=False)``; it
+        matters for ``test_y_channel``). ``use_image: false`` computes ``calculate_psnr`` without ``test_y_channel`` on
+        the float outputs (peak 1) instead of the uint8 images; other metrics stay on uint8 images.
+        """
+        if not self._val_flag('rgb2bgr') and heads.shape[-3] == 3:
+            heads, gt = heads.flip(-3), gt.flip(-3)
+        use_image = self._val_flag('use_image')
+        scores = {}
+        for name, metric_opt in metrics_opt.items():
+            if not use_image and metric_opt.get('type') == 'calculate_psnr' and not metric_opt.get('test_y_channel'):
+                scores[name] = float_psnr_per_head(heads, gt, metric_opt.get('crop_border', 0))
+            else:
+                scores[name] = per_head(heads, gt, metric_opt)
+        return scores
+
     def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
         """Each rank validates a shard (indices rank::world_size); the sums are reduced, so all ranks agree."""
         dataset = dataloader.dataset
@@ -250,13 +386,12 @@ class MultiHeadImageRestorationModel(SRModel):
         first_metric = next(iter(metrics_opt), None)
         pbar = tqdm(total=num_batches, unit='image') if val_opt.get('pbar', False) and self.opt['rank'] == 0 else None
         for _, val_data in batches:
-            self.feed_data(val_data)
+            self.feed_data(val_data, is_val=True)
             self.test()
             heads = self.heads_output()
             scores = {}
             if with_metrics and hasattr(self, 'gt'):
-                for name, metric_opt in metrics_opt.items():
-                    scores[name] = per_head(heads, self.gt, metric_opt)
+                scores = self.head_scores(heads, self.gt, metrics_opt)
                 accumulator.add(scores)
             if save_img:
                 self._save_images(val_data, heads, scores.get(first_metric), metrics_opt.get(first_metric), save_all,
@@ -283,6 +418,7 @@ class MultiHeadImageRestorationModel(SRModel):
     def _save_images(self, val_data, heads, first_scores, first_opt, save_all, dataset_name, current_iter):
         """Save each image's best head (per-image best by the first metric; the recorded best head without GT)."""
         higher = (first_opt or {}).get('better', 'higher') == 'higher'
+        rgb2bgr = self._val_flag('rgb2bgr')
         for b in range(heads.shape[0]):
             img_name = osp.splitext(osp.basename(val_data['lq_path'][b]))[0]
             if first_scores is not None:
@@ -293,8 +429,8 @@ class MultiHeadImageRestorationModel(SRModel):
             picks = range(heads.shape[1]) if save_all else [best]
             for k in picks:
                 suffix = '' if not save_all else f'_h{k}'
-                imwrite(tensor2img(heads[b, k].detach().cpu()), self._image_path(dataset_name, img_name,
-                                                                                current_iter, suffix))
+                image = tensor2img(heads[b, k].detach().cpu(), rgb2bgr=rgb2bgr)
+                imwrite(image, self._image_path(dataset_name, img_name, current_iter, suffix))
 
     def _image_path(self, dataset_name, img_name, current_iter, suffix):
         vis = self.opt['path']['visualization']
