@@ -15,7 +15,7 @@ from .archs.multihead_arch import check_head_options, num_extended_heads
 
 MULTIHEAD_MODEL = 'MultiHeadImageRestorationModel'
 UPGRADABLE_MODELS = ('SRModel', 'ImageRestorationModel', 'ImageCleanModel', MULTIHEAD_MODEL)
-WRAPPER_KEYS = ('num_heads', 'combine', 'head_layers', 'probe_size', 'probe_channels')
+WRAPPER_KEYS = ('num_heads', 'combine', 'head_layers', 'probe_size', 'probe_channels', 'feed_all_heads')
 
 
 def _check_arch_type(arch_type, key):

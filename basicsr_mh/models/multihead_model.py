@@ -78,11 +78,14 @@ class MultiHeadImageRestorationModel(SRModel):
         self.progressive = None
         self.mixing = None
         self._progressive_stage = None
+        self.final_index = -1
         super().__init__(opt)
         bare = self.get_bare_model(self.net_g)
         self.num_heads = getattr(bare, 'num_heads', 1)
         self.combine = getattr(bare, 'combine', False)
         self.num_outputs = getattr(bare, 'num_outputs', 1)
+        # position of the final restoration among a multi-stage backbone's outputs (MPRNet: 0, HINet: -1)
+        self.final_index = getattr(getattr(bare, 'backbone', bare), 'final_output_index', -1)
         self._win_counts = torch.zeros(self.num_outputs, dtype=torch.float64, device=self.device)
         load_path = self.opt['path'].get('pretrain_network_g')
         if load_path:
@@ -192,7 +195,8 @@ class MultiHeadImageRestorationModel(SRModel):
         """BasicSR's key report, but an output layer with 1 head is kept (warm start) instead of dropped."""
         bare = self.get_bare_model(crt_net)
         if isinstance(bare, MultiHeadArch):
-            grown = {f'{name}.{p}' for name in bare.head_layer_names for p in ('weight', 'bias')}
+            layers = list(bare.head_layer_names) + list(getattr(bare, 'head_input_layers', {}))
+            grown = {f'{name}.{p}' for name in layers for p in ('weight', 'bias')}
             kept = {k: load_net.pop(k) for k in list(load_net) if k in grown}
             super()._print_different_keys_loading(crt_net, load_net, strict)
             load_net.update(kept)
@@ -230,18 +234,19 @@ class MultiHeadImageRestorationModel(SRModel):
         loss_dict = OrderedDict()
         if self.cri_pix:
             l_pix = 0.
-            for stage in stages:
+            final_winners = None
+            for index, stage in enumerate(stages):
                 l_pix = l_pix + self.cri_pix(stage, self.gt)
+                if index == self.final_index % len(stages):
+                    final_winners = getattr(self.cri_pix, 'last_winners', None)
             l_total = l_total + l_pix
             loss_dict['l_pix'] = l_pix
-            winners = getattr(self.cri_pix, 'last_winners', None)
-            if winners is not None:
-                self._win_counts += torch.bincount(winners, minlength=self.num_outputs).to(self._win_counts)
+            if final_winners is not None:
+                self._win_counts += torch.bincount(final_winners, minlength=self.num_outputs).to(self._win_counts)
         if self.cri_perceptual:
-            final = stages[-1]
+            final = stages[self.final_index]
             if final.dim() == 5:
-                winners = getattr(self.cri_pix, 'last_winners', None)
-                final = final[torch.arange(final.shape[0], device=final.device), winners]
+                final = final[torch.arange(final.shape[0], device=final.device), final_winners]
             l_percep, l_style = self.cri_perceptual(final, self.gt)
             if l_percep is not None:
                 l_total = l_total + l_percep
@@ -318,7 +323,7 @@ class MultiHeadImageRestorationModel(SRModel):
         outs = []
         for start in range(0, lq.shape[0], step):
             out = net(lq[start:start + step])
-            outs.append(out[-1] if isinstance(out, (list, tuple)) else out)
+            outs.append(out[self.final_index] if isinstance(out, (list, tuple)) else out)
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
     def heads_output(self):
