@@ -40,6 +40,7 @@ setup(
         'lmdb',
         'scikit-image',
         'tqdm',
+        'matplotlib',
     ],
     extras_require={'test': ['pytest', 'hypothesis']},
     entry_points={

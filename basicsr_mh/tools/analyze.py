@@ -1,0 +1,321 @@
+"""``basicsr-mh analyze``: what the heads learned, on a validation/test set with ground truth.
+
+Writes to ``--out`` (default ``results/<name>/analysis``):
+
+* ``heatmaps/<image>_residual.png`` (the paper's Fig. 3): ``sum_{i<j} |h_i - h_j|`` over all pairs of base heads,
+  averaged over channels and normalized by its maximum, image size, colour map ``inferno``;
+* ``heatmaps/<image>_diff_<i>-<j>.png`` (Fig. 4): the signed difference ``h_i - h_j`` of one pair (``--pair``, default
+  the pair that differs most in that image), normalized by its largest magnitude, blue negative / red positive;
+* ``psnr_matrix.png`` (Fig. 6): K x K mean PSNR; cell (i, j) the combined head ``(h_i + h_j) / 2`` (with
+  ``combine: false`` computed from the two heads' outputs), the diagonal the single heads;
+* ``win_rates.png``: how often each extended head is an image's best (the oracle's pick, Eq. 7a);
+* ``table.json`` and ``table.md``: every metric of ``val.metrics`` (default PSNR, SSIM) for the oracle (Eq. 7a:
+  each image's best head), the best single head (Eq. 7b), the checkpoint's ``best_head``, the selection rules
+  ``consensus``/``mean``/``sharpness`` (:mod:`basicsr_mh.tools.selection`), and the per-image worst head.
+"""
+import argparse
+import json
+import math
+import os
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from basicsr_mh.metrics import per_head
+
+from .common import (MULTIHEAD_META_KEY, ToolError, head_name, head_pairs, load_model, read_options, run_tool)
+from .infer import pick_device
+from .runner import HeadRunner
+from .selection import RULES, select
+
+DEFAULT_METRICS = {
+    'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
+    'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': False},
+}
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def colorize(values, cmap, vmin, vmax):
+    """(H, W) float array -> (H, W, 3) uint8 BGR image through a matplotlib colour map (exact size)."""
+    import matplotlib
+    norm = np.clip((values - vmin) / max(vmax - vmin, 1e-12), 0, 1)
+    rgb = matplotlib.colormaps[cmap](norm)[..., :3]
+    return np.ascontiguousarray((rgb[..., ::-1] * 255).round().astype(np.uint8))
+
+
+def residual_map(base):
+    """(K, C, H, W) base heads -> (H, W): ``sum_{i<j} mean_c |h_i - h_j|``."""
+    total = torch.zeros(base.shape[-2:], dtype=torch.float64)
+    for i in range(base.shape[0]):
+        for j in range(i):
+            total += (base[i] - base[j]).abs().double().mean(dim=0)
+    return total
+
+
+def most_different_pair(base):
+    """The pair (i, j), i > j, of base heads with the largest summed absolute difference."""
+    best, pair = -1.0, (1, 0)
+    for i in range(base.shape[0]):
+        for j in range(i):
+            value = float((base[i] - base[j]).abs().sum())
+            if value > best:
+                best, pair = value, (i, j)
+    return pair
+
+
+def write_heatmaps(folder, name, base, pair=None):
+    """Fig. 3 and Fig. 4 of one image; returns the two paths (None without two heads)."""
+    if base.shape[0] < 2:
+        return None, None
+    os.makedirs(folder, exist_ok=True)
+    res = residual_map(base).numpy()
+    res_path = os.path.join(folder, f'{name}_residual.png')
+    cv2.imwrite(res_path, colorize(res, 'inferno', 0.0, float(res.max())))
+    i, j = pair if pair is not None else most_different_pair(base)
+    diff = (base[i] - base[j]).double().mean(dim=0).numpy()
+    bound = max(float(np.abs(diff).max()), 1e-12)
+    diff_path = os.path.join(folder, f'{name}_diff_{i}-{j}.png')
+    cv2.imwrite(diff_path, colorize(diff, 'RdBu_r', -bound, bound))
+    return res_path, diff_path
+
+
+def plot_matrix(path, matrix, title):
+    """Fig. 6: the K x K matrix with its values in the cells."""
+    plt = _pyplot()
+    k = matrix.shape[0]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * k, 1.0 + 0.8 * k), dpi=100)
+    finite = matrix[np.isfinite(matrix)]
+    image = ax.imshow(matrix, cmap='viridis', vmin=finite.min() if finite.size else 0,
+                      vmax=finite.max() if finite.size else 1)
+    middle = (float(finite.min()) + float(finite.max())) / 2 if finite.size else 0.0
+    for i in range(k):
+        for j in range(k):
+            color = 'black' if matrix[i, j] > middle else 'white'
+            ax.text(j, i, f'{matrix[i, j]:.2f}', ha='center', va='center', fontsize=8, color=color)
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xlabel('head j')
+    ax.set_ylabel('head i')
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_bars(path, labels, values, title, ylabel):
+    """A simple bar chart."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(labels) + 1.5), 3.2), dpi=100)
+    ax.bar(range(len(values)), values, color='tab:blue')
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=45 if len(labels) > 6 else 0, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def build_eval_dataset(opt, name=None):
+    """The validation/test dataset ``name`` of ``opt['datasets']`` (default: the first that is not ``train``)."""
+    from basicsr.data import build_dataset
+    datasets = {k: v for k, v in (opt.get('datasets') or {}).items() if isinstance(v, dict)}
+    candidates = {k: v for k, v in datasets.items() if not k.startswith('train')}
+    if name is not None:
+        matches = {k: v for k, v in candidates.items() if name in (k, v.get('name'))}
+        if not matches:
+            raise ToolError(f'--dataset {name}: not among {[v.get("name", k) for k, v in candidates.items()]}.')
+        candidates = matches
+    if not candidates:
+        raise ToolError('the option file has no validation/test dataset (datasets.val / datasets.test_1 with '
+                        'dataroot_gt and dataroot_lq).')
+    key, dataset_opt = next(iter(candidates.items()))
+    dataset_opt = dict(dataset_opt, phase='val', scale=opt.get('scale', 1))
+    dataset_opt.setdefault('name', key)
+    return build_dataset(dataset_opt)
+
+
+def _metric_options(opt):
+    metrics = ((opt.get('val') or {}).get('metrics')) or DEFAULT_METRICS
+    psnr_opt = next((m for m in metrics.values() if m.get('type') == 'calculate_psnr'), DEFAULT_METRICS['psnr'])
+    return dict(metrics), psnr_opt
+
+
+def _scores(images, gt, metrics):
+    """(K, C, H, W) images vs (C, H, W) gt -> {metric: (K,) float64 numpy}."""
+    return {m: per_head(images.unsqueeze(0), gt.unsqueeze(0), dict(o))[0].double().cpu().numpy()
+            for m, o in metrics.items()}
+
+
+def analyze(opt, out_dir, ckpt=None, param_key=None, max_images=None, dataset=None, device=None, tile=0,
+            tile_overlap=32, pair=None, progress=True):
+    """Run the analysis; returns the table dict written to ``table.json``."""
+    net, _, checkpoint, key, ckpt_path = load_model(opt, ckpt, param_key)
+    data = build_eval_dataset(opt, dataset)
+    runner = HeadRunner(net, pick_device(device), tile, tile_overlap, (opt.get('val') or {}).get('window_size'))
+    metrics, psnr_opt = _metric_options(opt)
+    first = next(iter(metrics))
+    pairs = head_pairs(net)
+    num_outputs = len(pairs)
+    num_heads = getattr(net, 'num_heads', 1)
+    base_index = [pairs.index((k, k)) for k in range(num_heads)]
+    if pair is not None and not all(0 <= p < num_heads for p in pair):
+        raise ToolError(f'--pair {pair[0]},{pair[1]}: base heads are 0..{num_heads - 1}.')
+    best_head = int((checkpoint.get(MULTIHEAD_META_KEY) or {}).get('best_head', 0)) % num_outputs
+    os.makedirs(out_dir, exist_ok=True)
+    heat_dir = os.path.join(out_dir, 'heatmaps')
+    count = len(data) if max_images is None else min(len(data), max_images)
+    per_image, head_scores, matrix_sum = [], {m: [] for m in metrics}, np.zeros((num_heads, num_heads))
+    rule_scores = {r: {m: [] for m in metrics} for r in RULES}
+    wins = np.zeros(num_outputs)
+    for n in tqdm(range(count), unit='img', desc='analyze', disable=not progress):
+        item = data[n]
+        if 'gt' not in item:
+            raise ToolError('the dataset has no ground truth (gt); analyze needs dataroot_gt.')
+        name = os.path.splitext(os.path.basename(item.get('lq_path', f'{n:04d}')))[0]
+        heads = runner(item['lq'].unsqueeze(0))[0]
+        gt = item['gt'][..., :heads.shape[-2], :heads.shape[-1]].float()
+        heads = heads[..., :gt.shape[-2], :gt.shape[-1]]
+        scores = _scores(heads, gt, metrics)
+        for m in metrics:
+            head_scores[m].append(scores[m])
+        winner = int(np.argmax(scores[first]))
+        wins[winner] += 1
+        record = {'image': name, 'oracle_head': winner}
+        for rule in RULES:
+            index, image = select(heads, rule)
+            rs = {m: float(scores[m][index]) for m in metrics} if index >= 0 else {
+                m: float(v[0]) for m, v in _scores(image.unsqueeze(0), gt, metrics).items()}
+            for m in metrics:
+                rule_scores[rule][m].append(rs[m])
+            record[rule] = 'mean' if index < 0 else index
+        # Fig. 6: pair (i, j) is the combined head (an extended head with combine, else averaged here)
+        psnr_heads = scores[first] if metrics[first] is psnr_opt else _scores(heads, gt, {'p': psnr_opt})['p']
+        missing = [(i, j) for i in range(num_heads) for j in range(i) if (i, j) not in pairs]
+        extra = {}
+        if missing:
+            stack = torch.stack([(heads[base_index[i]] + heads[base_index[j]]) * 0.5 for i, j in missing])
+            extra = dict(zip(missing, _scores(stack, gt, {'p': psnr_opt})['p']))
+        for i in range(num_heads):
+            for j in range(i + 1):
+                value = psnr_heads[pairs.index((i, j))] if (i, j) in pairs else extra[(i, j)]
+                matrix_sum[i, j] += value
+                matrix_sum[j, i] += value if i != j else 0
+        res_path, diff_path = write_heatmaps(heat_dir, name, heads[base_index], pair)
+        if res_path:
+            record.update(residual_heatmap=os.path.relpath(res_path, out_dir),
+                          pair_heatmap=os.path.relpath(diff_path, out_dir))
+        per_image.append(record)
+    if not count:
+        raise ToolError('the dataset is empty.')
+    table = _summarize(net, metrics, head_scores, rule_scores, best_head, wins, matrix_sum / count, count)
+    table.update(checkpoint=os.path.abspath(ckpt_path), param_key=key, images=per_image)
+    _write_outputs(out_dir, table, net)
+    return table
+
+
+def _summarize(net, metrics, head_scores, rule_scores, best_head, wins, matrix, count):
+    rows, heads, best_single = {}, {}, {}
+    for m in metrics:
+        scores = np.stack(head_scores[m])  # (N, K')
+        means = scores.mean(axis=0)
+        best_single[m] = int(np.argmax(means))
+        rows.setdefault('oracle (Eq. 7a)', {})[m] = float(scores.max(axis=1).mean())
+        rows.setdefault('best single head (Eq. 7b)', {})[m] = float(means.max())
+        rows.setdefault(f'checkpoint best_head {head_name(net, best_head)}', {})[m] = float(means[best_head])
+        for rule in RULES:
+            rows.setdefault(f'select {rule}', {})[m] = float(np.mean(rule_scores[rule][m]))
+        rows.setdefault('worst head per image', {})[m] = float(scores.min(axis=1).mean())
+        for k, v in enumerate(means):
+            heads.setdefault(head_name(net, k), {})[m] = float(v)
+    return {
+        'num_images': count,
+        'metrics': list(metrics),
+        'rows': rows,
+        'best_single_head': {m: head_name(net, k) for m, k in best_single.items()},
+        'heads': heads,
+        'win_rates': {head_name(net, k): float(w / count) for k, w in enumerate(wins)},
+        'psnr_matrix': [[float(v) for v in row] for row in matrix],
+        'num_heads': int(getattr(net, 'num_heads', 1)),
+        'combine': bool(getattr(net, 'combine', False)),
+    }
+
+
+def _write_outputs(out_dir, table, net):
+    with open(os.path.join(out_dir, 'table.json'), 'w') as f:
+        json.dump(table, f, indent=2)
+    metrics = table['metrics']
+    lines = [f'| rule | {" | ".join(metrics)} |', '| --- |' + ' --- |' * len(metrics)]
+    for rule, values in table['rows'].items():
+        cells = ' | '.join('nan' if not math.isfinite(values[m]) else f'{values[m]:.4f}' for m in metrics)
+        lines.append(f'| {rule} | {cells} |')
+    lines += ['', f'Best single head: {", ".join(f"{m} {h}" for m, h in table["best_single_head"].items())}; '
+              f'{table["num_images"]} images.', '', '| head | ' + ' | '.join(metrics) + ' | win rate |',
+              '| --- |' + ' --- |' * (len(metrics) + 1)]
+    for head, values in table['heads'].items():
+        lines.append(f'| {head} | ' + ' | '.join(f'{values[m]:.4f}' for m in metrics) +
+                     f' | {100 * table["win_rates"][head]:.1f}% |')
+    with open(os.path.join(out_dir, 'table.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    matrix = np.array(table['psnr_matrix'])
+    plot_matrix(os.path.join(out_dir, 'psnr_matrix.png'), matrix,
+                'mean PSNR (dB) of combined heads i+j\ndiagonal: single heads')
+    labels = list(table['win_rates'])
+    plot_bars(os.path.join(out_dir, 'win_rates.png'), [lab.split(' ')[0] for lab in labels],
+              [100 * table['win_rates'][lab] for lab in labels], 'per-image oracle wins', 'win rate (%)')
+
+
+def build_parser(prog=None):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description='On the validation/test set of an option file: residual heatmaps between heads (Fig. 3/4), the '
+        'pairwise-head PSNR matrix (Fig. 6), head win rates, and selection rules vs the oracle (Eq. 7a/7b).')
+    parser.add_argument('--opt', required=True, help='test option file (network_g, datasets with GT, '
+                        'path.pretrain_network_g unless --ckpt, val.metrics)')
+    parser.add_argument('--ckpt', help='checkpoint (default: path.pretrain_network_g)')
+    parser.add_argument('--param-key', help='checkpoint entry (default: path.param_key_g, else params_ema when '
+                        'present, else params)')
+    parser.add_argument('--out', help='output folder (default: results/<name>/analysis)')
+    parser.add_argument('--dataset', help='dataset key or name (default: the first that is not train)')
+    parser.add_argument('--max-images', type=int, help='analyze the first N images only')
+    parser.add_argument('--pair', help='base-head pair i,j for the signed-difference maps (default: per image the '
+                        'pair that differs most)')
+    parser.add_argument('--tile', type=int, default=0, help='tile images larger than this (default 0: whole images, '
+                        'as BasicSR validation)')
+    parser.add_argument('--tile-overlap', type=int, default=32)
+    parser.add_argument('--device', help='cpu, cuda (default: cuda when available)')
+    parser.add_argument('--quiet', action='store_true')
+    return parser
+
+
+def _run(args):
+    opt = read_options(args.opt)
+    out = args.out or os.path.join('results', str(opt.get('name', 'analysis')), 'analysis')
+    pair = None
+    if args.pair:
+        try:
+            pair = tuple(int(p) for p in args.pair.replace('+', ',').split(','))
+            assert len(pair) == 2 and pair[0] != pair[1]
+        except (ValueError, AssertionError):
+            raise ToolError(f'--pair "{args.pair}": expected two different base heads, e.g. 1,0.') from None
+    table = analyze(opt, out, args.ckpt, args.param_key, args.max_images, args.dataset, args.device, args.tile,
+                    args.tile_overlap, pair, progress=not args.quiet)
+    with open(os.path.join(out, 'table.md')) as f:
+        print(f.read())
+    print(f'Wrote the analysis of {table["num_images"]} images to {out}.')
+    return 0
+
+
+def main(argv=None, prog=None):
+    """Command line; returns the exit code (0; 1 with a one-line error)."""
+    args = build_parser(prog).parse_args(argv)
+    return run_tool(prog or 'analyze', _run, args)

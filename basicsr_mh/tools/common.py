@@ -1,0 +1,181 @@
+"""Shared pieces of the deployment tools: option files, checkpoints, head names, error reporting."""
+import os
+import sys
+from collections import OrderedDict
+
+import torch
+import yaml
+
+from basicsr_mh import compat  # noqa: F401  (must precede any basicsr import)
+from basicsr_mh.archs.multihead_arch import MultiHeadArch, head_pair_name
+from basicsr_mh.models.checkpoint import read_checkpoint
+from basicsr_mh.options import upgrade_network_options
+
+MULTIHEAD_META_KEY = 'multihead'  # same as basicsr_mh.models.multihead_model.MULTIHEAD_META_KEY
+
+
+class ToolError(ValueError):
+    """A user-facing error of a tool: printed as one line, exit code 1."""
+
+
+def run_tool(prog, func, args):
+    """Call ``func(args)``; print a one-line error and return 1 on a user error (``BASICSR_MH_TRACEBACK=1`` raises)."""
+    try:
+        return func(args)
+    except (ValueError, FileExistsError, FileNotFoundError, KeyError) as err:
+        if os.environ.get('BASICSR_MH_TRACEBACK'):
+            raise
+        print(f'{prog}: error: {err}', file=sys.stderr)
+        return 1
+
+
+def read_options(path):
+    """Parse a BasicSR option file (YAML) into a dict."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'Option file "{path}" does not exist.')
+    with open(path, encoding='utf-8') as f:
+        opt = yaml.safe_load(f)
+    if not isinstance(opt, dict) or not isinstance(opt.get('network_g'), dict):
+        raise ToolError(f'{path}: no `network_g` section; pass the option file the model was trained or tested with.')
+    return opt
+
+
+def build_net(opt):
+    """Build ``network_g`` of ``opt`` (short or long multi-head form, or a plain backbone) on the CPU, eval mode.
+
+    Returns:
+        tuple(nn.Module, dict): the network (:class:`MultiHeadArch` or the plain backbone) and its long-form options.
+    """
+    from basicsr.archs import build_network
+    net_opt, _ = upgrade_network_options(opt['network_g'])
+    return build_network(dict(net_opt)).eval(), net_opt
+
+
+def checkpoint_path(opt, ckpt=None):
+    """``ckpt`` or the option file's ``path.pretrain_network_g``; a clear error when there is none."""
+    path = ckpt or (opt.get('path') or {}).get('pretrain_network_g')
+    if not path:
+        raise ToolError('no checkpoint: pass --ckpt net_g_X.pth or set path.pretrain_network_g in the option file.')
+    return path
+
+
+def state_of(checkpoint, key):
+    """The ``key`` entry of a BasicSR checkpoint with ``module.`` prefixes removed (a bare state dict as is)."""
+    if key in checkpoint and isinstance(checkpoint[key], dict):
+        state = checkpoint[key]
+    elif all(torch.is_tensor(v) for v in checkpoint.values()):
+        state = checkpoint
+    else:
+        raise ToolError(f'the checkpoint has no "{key}" entry (it has {sorted(checkpoint)}).')
+    return OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items())
+
+
+def default_param_key(checkpoint, opt=None, requested=None):
+    """``requested``, else ``path.param_key_g`` of ``opt``, else ``params_ema`` when present, else ``params``."""
+    key = requested or ((opt or {}).get('path') or {}).get('param_key_g')
+    if key:
+        if key not in checkpoint:
+            raise ToolError(f'the checkpoint has no "{key}" entry (it has {sorted(checkpoint)}).')
+        return key
+    return 'params_ema' if 'params_ema' in checkpoint else 'params'
+
+
+def load_state(net, state, where):
+    """``net.load_state_dict(state, strict=True)`` with an error that names the checkpoint and the usual fix."""
+    try:
+        net.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError) as err:
+        raise ToolError(f'{where} does not fit network_g of the option file ({str(err).splitlines()[0]} ...). Fix: '
+                        'pass the option file the checkpoint was trained with (same backbone, num_heads, combine).') \
+            from err
+
+
+def load_model(opt, ckpt=None, param_key=None):
+    """Build ``network_g`` and load its weights.
+
+    Returns:
+        tuple: (net in eval mode, long-form net options, checkpoint dict, param key used, checkpoint path).
+    """
+    path = checkpoint_path(opt, ckpt)
+    checkpoint = read_checkpoint(path)
+    net, net_opt = build_net(opt)
+    key = default_param_key(checkpoint, opt, param_key)
+    load_state(net, state_of(checkpoint, key), f'checkpoint "{path}" [{key}]')
+    check_meta(net, checkpoint, path)
+    return net, net_opt, checkpoint, key, path
+
+
+def check_meta(net, checkpoint, path):
+    """The checkpoint's ``multihead`` entry (if any) must agree with the network built from the option file."""
+    meta = checkpoint.get(MULTIHEAD_META_KEY) or {}
+    if not meta:
+        return
+    num_heads, combine = getattr(net, 'num_heads', 1), getattr(net, 'combine', False)
+    if meta.get('num_heads', num_heads) != num_heads or meta.get('combine', combine) != combine:
+        raise ToolError(f'checkpoint "{path}" was trained with num_heads={meta.get("num_heads")}, '
+                        f'combine={meta.get("combine")}, the option file builds num_heads={num_heads}, '
+                        f'combine={combine}. Fix: pass the option file it was trained with.')
+
+
+def head_pairs(net):
+    """[(i, j), ...] of the extended heads (``[(0, 0)]`` for a plain network)."""
+    return list(net.head_pairs) if isinstance(net, MultiHeadArch) else [(0, 0)]
+
+
+def head_name(net, index):
+    """``'h4 (2+1)'`` / ``'h2'``."""
+    if not isinstance(net, MultiHeadArch):
+        return 'h0'
+    return head_pair_name(index, net.num_heads, net.combine)
+
+
+def parse_head(spec, net, checkpoint):
+    """An extended-head index from ``best`` (the checkpoint's ``multihead.best_head``), ``N``/``hN``, or ``i+j``.
+
+    Raises:
+        ToolError: for an index out of range, an unknown pair, or ``best`` without the checkpoint's meta entry.
+    """
+    pairs = head_pairs(net)
+    spec = str(spec).strip()
+    if spec == 'best':
+        meta = checkpoint.get(MULTIHEAD_META_KEY) or {}
+        if not isinstance(net, MultiHeadArch):
+            return 0
+        if 'best_head' not in meta:
+            raise ToolError('--head best: the checkpoint has no `multihead.best_head` entry (not saved by basicsr-mh '
+                            'training). Fix: give a head index (--head 3) or a pair (--head 2+1).')
+        index = int(meta['best_head'])
+    elif '+' in spec:
+        try:
+            i, j = (int(p) for p in spec.split('+'))
+        except ValueError:
+            raise ToolError(f'--head "{spec}": a pair is written i+j with integers, e.g. 2+1.') from None
+        candidates = [n for n, p in enumerate(pairs) if p in ((i, j), (j, i))]
+        if not candidates:
+            num_heads = getattr(net, 'num_heads', 1)
+            hint = 'the network has no combined heads (combine: false): only i+i pairs' if not getattr(
+                net, 'combine', False) else f'heads are 0..{num_heads - 1}'
+            raise ToolError(f'--head {spec}: no extended head is the pair ({i}, {j}); {hint}.')
+        index = candidates[0]
+    else:
+        try:
+            index = int(spec[1:] if spec[:1] in 'hH' and len(spec) > 1 else spec)
+        except ValueError:
+            raise ToolError(f'--head "{spec}": expected best, an index (3 or h3) or a pair (2+1).') from None
+    if not 0 <= index < len(pairs):
+        raise ToolError(f'head {index} does not exist: the network has {len(pairs)} extended heads '
+                        f'(h0..h{len(pairs) - 1}).')
+    return index
+
+
+def final_output_index(net, num_outputs):
+    """Position of the final restoration among a multi-stage backbone's outputs, in ``range(num_outputs)``."""
+    backbone = getattr(net, 'backbone', net) if isinstance(net, MultiHeadArch) else net
+    return getattr(backbone, 'final_output_index', -1) % num_outputs
+
+
+def final_output(out, net):
+    """The final restoration of a network output (list for multi-stage backbones) as ``(B, K', C, H, W)``."""
+    if isinstance(out, (list, tuple)):
+        out = out[final_output_index(net, len(out))]
+    return out if out.dim() == 5 else out.unsqueeze(1)

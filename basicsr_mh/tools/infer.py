@@ -1,0 +1,202 @@
+"""``basicsr-mh infer``: deblur a folder (or one image) with a multi-head model, no ground truth needed.
+
+Every readable image of ``--input`` (a file, or the files of a folder, not recursive) is restored at its own size
+(padding as the backbone needs; tiles with blended overlaps above ``--tile``) and written as PNG to ``--output``:
+``<stem>.png`` for one head or a selection rule (:mod:`basicsr_mh.tools.selection`), ``<stem>_h<k>.png`` for
+``--heads all``. Input files are only read: ``--output`` may not be the input's folder. Grayscale images run through
+a 3-channel network replicated to RGB and are written gray; a 1-channel network restores colour images channel by
+channel. 16-bit inputs give 16-bit PNGs. Unreadable files are reported by name and skipped.
+"""
+import argparse
+import csv
+import os
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from basicsr_mh.archs.multihead_arch import _find_in_channels
+
+from .common import ToolError, head_name, head_pairs, load_model, parse_head, read_options, run_tool
+from .runner import HeadRunner
+from .selection import RULES, select
+
+
+def list_inputs(path):
+    """The files to read: ``[path]`` for a file, the folder's files (sorted, not hidden, not recursive)."""
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f'--input "{path}" is neither a file nor a folder.')
+    names = sorted(n for n in os.listdir(path) if not n.startswith('.') and os.path.isfile(os.path.join(path, n)))
+    return [os.path.join(path, n) for n in names]
+
+
+def read_image(path):
+    """Read an image as ``(float32 array (H, W, C) RGB or (H, W, 1) gray in [0, 1], bit depth 8 or 16)``.
+
+    Returns None when the file cannot be decoded (not an image, truncated, ...).
+    """
+    try:
+        img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+    if img is None or img.size == 0:
+        return None
+    if img.dtype == np.uint8:
+        depth, img = 8, img.astype(np.float32) / 255.
+    elif img.dtype == np.uint16:
+        depth, img = 16, img.astype(np.float32) / 65535.
+    elif img.dtype in (np.float32, np.float64):
+        depth, img = 16, np.clip(img.astype(np.float32), 0, 1)
+    else:
+        return None
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.shape[2] == 4:
+        img = img[..., :3]
+    if img.shape[2] == 3:
+        img = img[..., ::-1]  # BGR -> RGB (BasicSR trains on RGB tensors)
+    elif img.shape[2] != 1:
+        return None
+    return np.ascontiguousarray(img), depth
+
+
+def to_network_input(img, in_channels):
+    """(H, W, C) image -> ``(x (B, in_channels, H, W), mode)``; mode says how to undo it (:func:`from_heads`)."""
+    x = torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0)
+    channels = x.shape[1]
+    if channels == in_channels:
+        return x, 'same'
+    if channels == 1 and in_channels == 3:
+        return x.repeat(1, 3, 1, 1), 'gray_as_rgb'
+    if in_channels == 1:
+        return x.transpose(0, 1), 'per_channel'  # (C, 1, H, W): each channel on its own
+    raise ToolError(f'the network reads {in_channels}-channel images; this image has {channels} channels.')
+
+
+def from_heads(out, mode):
+    """Network output (B, K', C_out, H, W) -> the image's heads (K', C, H, W), undoing :func:`to_network_input`."""
+    if mode == 'per_channel':
+        return out[:, :, 0].transpose(0, 1)
+    heads = out[0]
+    if mode == 'gray_as_rgb' and heads.shape[1] == 3:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        heads = (heads * w).sum(dim=1, keepdim=True)
+    return heads
+
+
+def write_image(path, img, depth=8):
+    """Write (C, H, W) float RGB/gray in [0, 1] as PNG (rounded as BasicSR's ``tensor2img``)."""
+    arr = img.detach().float().clamp(0, 1).permute(1, 2, 0).numpy()
+    peak, dtype = (65535., np.uint16) if depth == 16 else (255., np.uint8)
+    arr = (arr * peak).round().astype(dtype)
+    arr = arr[..., 0] if arr.shape[2] == 1 else np.ascontiguousarray(arr[..., ::-1])
+    if not cv2.imwrite(path, arr):
+        raise OSError(f'cannot write "{path}".')
+
+
+def output_stems(files):
+    """Unique output stems: the file's stem, or its name with dots replaced where two files share a stem."""
+    stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    return [s if stems.count(s) == 1 else os.path.basename(f).replace('.', '_') for s, f in zip(stems, files)]
+
+
+def check_output(input_path, output_dir):
+    """Refuse an output folder that is the input folder (outputs could replace inputs)."""
+    in_dir = input_path if os.path.isdir(input_path) else os.path.dirname(os.path.abspath(input_path))
+    if os.path.realpath(in_dir) == os.path.realpath(output_dir):
+        raise ToolError(f'--output "{output_dir}" is the input folder; infer never writes next to its inputs. Fix: '
+                        'choose another folder.')
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise FileExistsError(f'--output "{output_dir}" exists and is not a folder.')
+
+
+def pick_device(name):
+    if name is None:
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if name.startswith('cuda') and not torch.cuda.is_available():
+        raise ToolError('--device cuda: no CUDA device is available. Fix: --device cpu.')
+    return name
+
+
+def build_parser(prog=None):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description='Deblur images of any size with a (multi-head) model; write PNGs to --output. Heads: the '
+        'checkpoint\'s best head, all heads, one head, or a per-image selection rule that needs no ground truth.')
+    parser.add_argument('--opt', required=True, help='test or train option file (network_g; path.pretrain_network_g '
+                        'unless --ckpt)')
+    parser.add_argument('--ckpt', help='checkpoint (default: path.pretrain_network_g of --opt)')
+    parser.add_argument('--param-key', help='checkpoint entry (default: path.param_key_g, else params_ema when '
+                        'present, else params)')
+    parser.add_argument('--input', required=True, help='an image or a folder of images')
+    parser.add_argument('--output', required=True, help='output folder (created; never the input folder)')
+    parser.add_argument('--heads', help='best (default; multihead.best_head), all (K\' files per image), or one head '
+                        'N / hN / i+j')
+    parser.add_argument('--select', choices=RULES, help='pick per image: consensus (medoid head), mean (average of '
+                        'the heads), sharpness (highest Laplacian variance)')
+    parser.add_argument('--tile', type=int, default=512, help='tile larger images into tiles of this side; 0: never '
+                        '(default 512)')
+    parser.add_argument('--tile-overlap', type=int, default=32, help='overlap of tiles, blended (default 32)')
+    parser.add_argument('--device', help='cpu, cuda, cuda:1 (default: cuda when available)')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    return parser
+
+
+def _run(args):
+    if args.select and args.heads:
+        raise ToolError('--heads and --select exclude each other: --select picks one head per image.')
+    check_output(args.input, args.output)
+    files = list_inputs(args.input)
+    if not files:
+        raise ToolError(f'--input "{args.input}" holds no files.')
+    opt = read_options(args.opt)
+    net, net_opt, checkpoint, _, ckpt = load_model(opt, args.ckpt, args.param_key)
+    num_outputs = len(head_pairs(net))
+    heads_spec = args.heads or 'best'
+    indices = list(range(num_outputs)) if heads_spec == 'all' else [parse_head(heads_spec, net, checkpoint)]
+    backbone_opt = net_opt.get('backbone') if net_opt.get('type') == 'MultiHeadArch' else net_opt
+    in_channels = net_opt.get('probe_channels') or _find_in_channels(backbone_opt, getattr(net, 'backbone', net))
+    window = (opt.get('val') or {}).get('window_size')
+    runner = HeadRunner(net, pick_device(args.device), args.tile, args.tile_overlap, window)
+    os.makedirs(args.output, exist_ok=True)
+    skipped, done, choices = [], 0, []
+    stems = output_stems(files)
+    for path, stem in tqdm(list(zip(files, stems)), unit='img', disable=args.quiet, desc='infer'):
+        read = read_image(path)
+        if read is None:
+            skipped.append(os.path.basename(path))
+            tqdm.write(f'skipped {os.path.basename(path)}: not a readable image')
+            continue
+        img, depth = read
+        x, mode = to_network_input(img, in_channels)
+        heads = from_heads(runner(x), mode)
+        if args.select:
+            index, chosen = select(heads, args.select)
+            write_image(os.path.join(args.output, f'{stem}.png'), chosen, depth)
+            choices.append((os.path.basename(path), args.select, 'mean' if index < 0 else head_name(net, index)))
+        elif heads_spec == 'all':
+            for k in indices:
+                write_image(os.path.join(args.output, f'{stem}_h{k}.png'), heads[k], depth)
+        else:
+            write_image(os.path.join(args.output, f'{stem}.png'), heads[indices[0]], depth)
+        done += 1
+    if choices:
+        with open(os.path.join(args.output, 'selection.csv'), 'w', newline='') as f:
+            writer = csv.writer(f)
+            writer.writerow(['image', 'rule', 'head'])
+            writer.writerows(choices)
+    what = f'--select {args.select}' if args.select else ('all heads' if heads_spec == 'all' else
+                                                          f'head {head_name(net, indices[0])}')
+    print(f'Deblurred {done} image(s) with {ckpt} ({what}) into {args.output}.')
+    if skipped:
+        print(f'Skipped {len(skipped)} unreadable file(s): {", ".join(skipped)}')
+    return 0 if done else 1
+
+
+def main(argv=None, prog=None):
+    """Command line; returns the exit code (0; 1 when nothing could be read or on a one-line error)."""
+    args = build_parser(prog).parse_args(argv)
+    return run_tool(prog or 'infer', _run, args)
