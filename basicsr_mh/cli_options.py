@@ -158,3 +158,24 @@ def check_datasets(opt):
             if path is not None and not osp.exists(path):
                 raise FileNotFoundError(f'datasets.{phase}.{key}: "{path}" does not exist. Fix: correct the path, '
                                         'or create the data (e.g. `basicsr-mh make-data`).')
+
+
+def setup_root_logger(log_file):
+    """BasicSR's root logger writing to ``log_file`` (rank 0), also when it was already set up without a file
+    (the pre-flight check logs before the experiment folder exists) or for an earlier run in this process."""
+    import logging
+
+    from basicsr.utils import get_root_logger
+    from basicsr.utils.logger import initialized_logger
+    was_initialized = 'basicsr' in initialized_logger
+    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+    if was_initialized and get_dist_info()[0] == 0:
+        for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+            logger.removeHandler(handler)
+            handler.close()
+        file_handler = logging.FileHandler(log_file, 'w')
+        file_handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s: %(message)s'))
+        file_handler.setLevel(logging.INFO)
+        logger.addHandler(file_handler)
+        logger.setLevel(logging.INFO)
+    return logger

@@ -1,9 +1,11 @@
 """Test entry point: ``basicsr-mh test -opt ...`` / ``python -m basicsr_mh.test -opt ...``.
 
 Like BasicSR's ``basicsr/test.py`` with the current directory as root: results go to ``results/<name>/``, an existing
-folder of that name is archived (renamed), never overwritten.
+folder of that name is archived (renamed), never overwritten. The options, network, checkpoint and first image pairs are
+checked before anything is written. With ``--launcher pytorch`` every rank validates a shard and the metrics are
+reduced. Rank 0 writes the metrics of every dataset to ``results/<name>/metrics.json``
+(``{dataset: {metric: value}}``).
 """
-import logging
 import os
 import sys
 import torch
@@ -12,10 +14,12 @@ from os import path as osp
 import basicsr_mh  # noqa: F401
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
-from basicsr.utils import get_env_info, get_root_logger, get_time_str, make_exp_dirs
+from basicsr.utils import get_env_info, get_time_str, make_exp_dirs
 from basicsr.utils.options import dict2str
 
-from .cli_options import parse_options
+from .cli_options import parse_options, setup_root_logger
+from .models.checkpoint import atomic_write_json
+from .options import preflight
 
 
 def test_pipeline(root_path, argv=None):
@@ -23,9 +27,12 @@ def test_pipeline(root_path, argv=None):
     opt, _ = parse_options(root_path, is_train=False, argv=argv)
     notes = opt.pop('_notes', [])
     torch.backends.cudnn.benchmark = True
-    make_exp_dirs(opt)
+    preflight(opt)
+    make_exp_dirs(opt)  # rank 0 only
+    if opt['dist'] and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # the results folder exists (and an old one is archived) before others write
     log_file = osp.join(opt['path']['log'], f"test_{opt['name']}_{get_time_str()}.log")
-    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+    logger = setup_root_logger(log_file)
     logger.info(get_env_info())
     for note in notes:
         logger.info(note)
@@ -47,8 +54,11 @@ def test_pipeline(root_path, argv=None):
         logger.info(f'Testing {name}...')
         model.validation(test_loader, current_iter=opt['name'], tb_logger=None,
                          save_img=opt['val'].get('save_img', False))
-        results[name] = dict(getattr(model, 'metric_results', {}) or {})
+        results[name] = {k: float(v) for k, v in (getattr(model, 'metric_results', {}) or {}).items()}
     model.test_results = results
+    if opt['rank'] == 0:
+        atomic_write_json(results, osp.join(opt['path']['results_root'], 'metrics.json'))
+        logger.info(f"Metrics written to {osp.join(opt['path']['results_root'], 'metrics.json')}")
     return model
 
 

@@ -1,11 +1,16 @@
 """Training entry point: ``basicsr-mh train -opt ...`` / ``python -m basicsr_mh.train -opt ...`` (torchrun too).
 
 The loop follows BasicSR's ``basicsr/train.py`` (same folders, logs, checkpoints and flags) with the current
-directory as root, and adds: multi-head option upgrades and checks before anything is written, CPU-safe resume,
-gloo on the CPU for ``--launcher pytorch``.
+directory as root, and adds: multi-head option upgrades and a pre-flight check (network, checkpoint, first image pair
+of every dataset) before anything is written, gloo on the CPU for ``--launcher pytorch`` (folders made by rank 0, the
+others wait at a barrier), and an exact resume: ``--auto_resume`` takes the latest training state whose network
+checkpoint exists and loads (half-written files are skipped with a warning), restores the optimizers, schedulers, EMA,
+head statistics, every rank's RNG states and the position inside the epoch, so a resumed run ends with the same
+numbers as an uninterrupted one (exactly so with ``num_worker_per_gpu: 0``). Validation does not touch the training
+RNG streams. Each validation's metrics are written to ``experiments/<name>/metrics.json`` (rank 0).
 """
 import datetime
-import logging
+import math
 import os
 import sys
 import time
@@ -13,35 +18,83 @@ import torch
 from os import path as osp
 
 import basicsr_mh  # noqa: F401  (registers archs/losses/models; installs the torchvision alias first)
+from basicsr.data import build_dataloader, build_dataset
+from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher
 from basicsr.models import build_model
-from basicsr.train import create_train_val_dataloader, init_tb_loggers
+from basicsr.train import init_tb_loggers
 from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, make_exp_dirs,
                            mkdir_and_rename, scandir)
 from basicsr.utils.options import copy_opt_file, dict2str
 
-from .cli_options import parse_options
-from .models.checkpoint import read_checkpoint
+from .cli_options import parse_options, setup_root_logger
+from .models.checkpoint import atomic_write_json, preserved_rng, read_checkpoint, set_rng_state
+from .options import preflight
 
 
-def find_resume_state(opt):
-    """Path of the training state to resume from (``--auto_resume``: the latest complete one), or None."""
-    if opt['auto_resume']:
+def _dist_ready(opt):
+    return bool(opt.get('dist')) and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def barrier(opt):
+    """Wait for every rank (no-op without distributed training)."""
+    if _dist_ready(opt):
+        torch.distributed.barrier()
+
+
+def _usable_state(state_path, models_dir, warn):
+    """Whether ``<iter>.state`` and its ``net_g_<iter>.pth`` both exist and load; warns (``warn``) when not."""
+    iteration = osp.basename(state_path)[:-len('.state')]
+    net_path = osp.join(models_dir, f'net_g_{iteration}.pth')
+    if not osp.isfile(net_path):
+        warn(f'Resume: skipping {state_path}: its network {net_path} does not exist (interrupted while saving?).')
+        return False
+    for path, trusted in ((state_path, True), (net_path, False)):
+        try:
+            content = read_checkpoint(path, trusted=trusted)
+        except (ValueError, FileNotFoundError) as err:
+            warn(f'Resume: skipping {state_path}: {err}')
+            return False
+        if not isinstance(content, dict) or ('iter' not in content if trusted else 'params' not in content):
+            warn(f'Resume: skipping {state_path}: {path} is not a complete training state / network checkpoint.')
+            return False
+    return True
+
+
+def find_resume_state(opt, warn=None):
+    """Path of the training state to resume from, or None.
+
+    ``--auto_resume``: the latest ``<iter>.state`` in ``training_states/`` whose ``models/net_g_<iter>.pth`` exists and
+    both load; ``*.tmp`` files (interrupted atomic writes) are ignored and broken files skipped with a warning. Rank 0
+    chooses and the other ranks follow. Without it: ``path.resume_state`` (or None).
+    """
+    warn = warn or (lambda msg: get_root_logger().warning(msg))
+    if not opt['auto_resume']:
+        return opt['path'].get('resume_state')
+    chosen = None
+    if opt.get('rank', 0) == 0:
         state_dir = opt['path']['training_states']
         if osp.isdir(state_dir):
-            states = [int(name[:-len('.state')]) for name in scandir(state_dir, suffix='.state', recursive=False)
-                      if name[:-len('.state')].isdigit()]
-            if states:
-                path = osp.join(state_dir, f'{max(states)}.state')
-                opt['path']['resume_state'] = path
-                return path
-        return None
-    return opt['path'].get('resume_state')
+            names = [name for name in scandir(state_dir, suffix='.state', recursive=False)
+                     if name[:-len('.state')].isdigit()]
+            for name in sorted(names, key=lambda n: int(n[:-len('.state')]), reverse=True):
+                path = osp.join(state_dir, name)
+                if _usable_state(path, opt['path']['models'], warn):
+                    chosen = path
+                    break
+    if _dist_ready(opt):
+        box = [chosen]
+        torch.distributed.broadcast_object_list(box, src=0)
+        chosen = box[0]
+    if chosen is not None:
+        opt['path']['resume_state'] = chosen
+    return chosen
 
 
-def load_resume_state(opt):
-    """Load the resume state on the CPU (optimizers move their states to the parameters' device)."""
-    path = find_resume_state(opt)
+def load_resume_state(opt, warn=None):
+    """Load the resume state on the CPU and point ``path.pretrain_network_g`` at its network (``params`` and
+    ``params_ema`` are loaded from it into net_g and net_g_ema)."""
+    path = find_resume_state(opt, warn)
     if path is None:
         return None
     state = read_checkpoint(path, trusted=True)
@@ -55,6 +108,82 @@ def load_resume_state(opt):
     return state
 
 
+class ResumableSampler(EnlargedSampler):
+    """BasicSR's :class:`EnlargedSampler` that can skip the samples already seen in the epoch of a resumed run.
+
+    ``skip`` (samples) applies to the current epoch only; :meth:`set_epoch` clears it.
+    """
+
+    def __init__(self, dataset, num_replicas, rank, ratio=1):
+        super().__init__(dataset, num_replicas, rank, ratio)
+        self.skip = 0
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.skip:])
+
+    def set_epoch(self, epoch):
+        super().set_epoch(epoch)
+        self.skip = 0
+
+
+def create_train_val_dataloader(opt, logger):
+    """BasicSR's ``create_train_val_dataloader`` with a :class:`ResumableSampler` for the training set.
+
+    Returns:
+        tuple: train_loader, train_sampler, val_loaders, total_epochs, total_iters, iters_per_epoch
+    """
+    train_loader = train_sampler = None
+    val_loaders = []
+    total_epochs = total_iters = iters_per_epoch = 0
+    for phase, dataset_opt in opt['datasets'].items():
+        if phase == 'train':
+            ratio = dataset_opt.get('dataset_enlarge_ratio', 1)
+            train_set = build_dataset(dataset_opt)
+            train_sampler = ResumableSampler(train_set, opt['world_size'], opt['rank'], ratio)
+            train_loader = build_dataloader(train_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
+                                            sampler=train_sampler, seed=opt['manual_seed'])
+            iters_per_epoch = len(train_sampler) // dataset_opt['batch_size_per_gpu']
+            if iters_per_epoch < 1:
+                raise ValueError(f'datasets.train: {len(train_set)} images x dataset_enlarge_ratio {ratio} over '
+                                 f'{opt["world_size"]} process(es) give less than one batch of batch_size_per_gpu '
+                                 f'{dataset_opt["batch_size_per_gpu"]}. Fix: lower batch_size_per_gpu or raise '
+                                 'dataset_enlarge_ratio.')
+            total_iters = int(opt['train']['total_iter'])
+            total_epochs = math.ceil(total_iters / iters_per_epoch)
+            logger.info('Training statistics:'
+                        f'\n\tNumber of train images: {len(train_set)}'
+                        f'\n\tDataset enlarge ratio: {ratio}'
+                        f'\n\tBatch size per gpu: {dataset_opt["batch_size_per_gpu"]}'
+                        f'\n\tWorld size (gpu number): {opt["world_size"]}'
+                        f'\n\tRequire iter number per epoch: {iters_per_epoch}'
+                        f'\n\tTotal epochs: {total_epochs}; iters: {total_iters}.')
+        elif phase.split('_')[0] == 'val':
+            val_set = build_dataset(dataset_opt)
+            val_loader = build_dataloader(val_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=None,
+                                          seed=opt['manual_seed'])
+            logger.info(f'Number of val images/folders in {dataset_opt["name"]}: {len(val_set)}')
+            val_loaders.append(val_loader)
+        else:
+            raise ValueError(f'datasets.{phase}: phase "{phase}" is not recognized. Fix: name it train or val*.')
+    if train_loader is None:
+        raise ValueError('datasets.train is missing. Fix: add a training dataset.')
+    return train_loader, train_sampler, val_loaders, total_epochs, total_iters, iters_per_epoch
+
+
+def validate_all(model, val_loaders, current_iter, tb_logger, opt, metrics_path):
+    """Validate on every loader without touching the training RNG streams; rank 0 writes ``metrics_path``
+    (``{"iter": i, "datasets": {name: {metric: value}}}``)."""
+    results = {}
+    with preserved_rng():
+        for val_loader in val_loaders:
+            model.validation(val_loader, current_iter, tb_logger, opt['val'].get('save_img', False))
+            if getattr(model, 'metric_results', None):
+                results[val_loader.dataset.opt['name']] = {k: float(v) for k, v in model.metric_results.items()}
+    if opt['rank'] == 0 and results:
+        atomic_write_json({'iter': current_iter, 'datasets': results}, metrics_path)
+    return results
+
+
 def train_pipeline(root_path, argv=None):
     """Run a training from the command line arguments ``argv`` (default ``sys.argv[1:]``)."""
     opt, args = parse_options(root_path, is_train=True, argv=argv)
@@ -62,29 +191,42 @@ def train_pipeline(root_path, argv=None):
     notes = opt.pop('_notes', [])
     torch.backends.cudnn.benchmark = True
 
-    resume_state = load_resume_state(opt)
+    warnings_before_log = []
+    resume_state = load_resume_state(opt, warn=warnings_before_log.append)
+    with preserved_rng():  # nothing is written before the network, checkpoint and first pairs are checked
+        preflight(opt, notes=notes)
     if resume_state is None:
-        make_exp_dirs(opt)
+        make_exp_dirs(opt)  # rank 0 only; an existing experiment of that name is archived
         if opt.get('logger', {}).get('use_tb_logger') and 'debug' not in opt['name'] and opt['rank'] == 0:
             mkdir_and_rename(osp.join(opt['root_path'], 'tb_logger', opt['name']))
-    else:
+    elif opt['rank'] == 0:
         os.makedirs(opt['path']['experiments_root'], exist_ok=True)
+    barrier(opt)  # the folders exist before any rank writes into them
     copy_opt_file(args.opt, opt['path']['experiments_root'])
 
     log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")
-    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+    logger = setup_root_logger(log_file)
     logger.info(get_env_info())
     for note in notes:
         logger.info(note)
+    for warning in warnings_before_log:
+        logger.warning(warning)
     logger.info(dict2str(opt))
     tb_logger = init_tb_loggers(opt)
 
-    train_loader, train_sampler, val_loaders, total_epochs, total_iters = create_train_val_dataloader(opt, logger)
+    train_loader, train_sampler, val_loaders, total_epochs, total_iters, iters_per_epoch = \
+        create_train_val_dataloader(opt, logger)
+    batch_size = opt['datasets']['train']['batch_size_per_gpu']
     model = build_model(opt)
+    skip_batches = 0
     if resume_state:
         model.resume_training(resume_state)
-        logger.info(f"Resuming training from epoch: {resume_state['epoch']}, iter: {resume_state['iter']}.")
         start_epoch, current_iter = resume_state['epoch'], resume_state['iter']
+        skip_batches = int(resume_state.get('epoch_iter', 0))
+        if 'epoch_iter' not in resume_state:  # a state of BasicSR or an older basicsr-mh: restart the epoch
+            logger.warning(f'Resume state {opt["path"]["resume_state"]} does not record the position in the epoch; '
+                           'the epoch restarts (the run will not match an uninterrupted one exactly).')
+        logger.info(f'Resuming training from epoch: {start_epoch}, iter: {current_iter}.')
     else:
         start_epoch, current_iter = 0, 0
 
@@ -103,17 +245,30 @@ def train_pipeline(root_path, argv=None):
     data_timer, iter_timer = AvgTimer(), AvgTimer()
     start_time = time.time()
     val_freq = (opt.get('val') or {}).get('val_freq')
+    metrics_path = osp.join(opt['path']['experiments_root'], 'metrics.json')
     last_val_iter = None
     epoch = start_epoch
     for epoch in range(start_epoch, total_epochs + 1):
         train_sampler.set_epoch(epoch)
+        epoch_iter = 0
+        if resume_state is not None and epoch == start_epoch:
+            epoch_iter = min(skip_batches, iters_per_epoch)
+            train_sampler.skip = epoch_iter * batch_size
         prefetcher.reset()
+        if resume_state is not None and epoch == start_epoch:
+            rng = resume_state.get('rng') or []
+            if len(rng) == opt['world_size']:
+                set_rng_state(rng[opt['rank']])
+            else:
+                logger.warning(f'Resume state has RNG states of {len(rng)} process(es), this run has '
+                               f'{opt["world_size"]}: random streams restart from the seed.')
         train_data = prefetcher.next()
         while train_data is not None:
             data_timer.record()
             current_iter += 1
             if current_iter > total_iters:
                 break
+            epoch_iter += 1
             model.update_learning_rate(current_iter, warmup_iter=opt['train'].get('warmup_iter', -1))
             model.feed_data(train_data)
             model.optimize_parameters(current_iter)
@@ -127,10 +282,10 @@ def train_pipeline(root_path, argv=None):
                 msg_logger(log_vars)
             if current_iter % opt['logger']['save_checkpoint_freq'] == 0:
                 logger.info('Saving models and training states.')
+                model.training_state_extras = {'epoch_iter': epoch_iter, 'world_size': opt['world_size']}
                 model.save(epoch, current_iter)
             if val_freq is not None and current_iter % val_freq == 0:
-                for val_loader in val_loaders:
-                    model.validation(val_loader, current_iter, tb_logger, opt['val'].get('save_img', False))
+                validate_all(model, val_loaders, current_iter, tb_logger, opt, metrics_path)
                 last_val_iter = current_iter
             data_timer.start()
             iter_timer.start()
@@ -140,14 +295,17 @@ def train_pipeline(root_path, argv=None):
 
     consumed = str(datetime.timedelta(seconds=int(time.time() - start_time)))
     logger.info(f'End of training. Time consumed: {consumed}')
+    if getattr(model, 'skipped_steps', 0):
+        logger.warning(f'{model.skipped_steps} training step(s) were skipped for a non-finite loss or gradient '
+                       '(train.skip_nonfinite).')
     logger.info('Save the latest model.')
     model.save(epoch=-1, current_iter=-1)
     final_iter = min(current_iter, total_iters)
     if opt.get('val') is not None and last_val_iter != final_iter:  # BasicSR validates once more unless just done
-        for val_loader in val_loaders:
-            model.validation(val_loader, final_iter, tb_logger, opt['val'].get('save_img', False))
+        validate_all(model, val_loaders, final_iter, tb_logger, opt, metrics_path)
     if tb_logger:
         tb_logger.close()
+    barrier(opt)
     return model
 
 

@@ -19,7 +19,7 @@ from ..archs.multihead_arch import MultiHeadArch, head_pair_name
 from ..losses.min_head_loss import MinHeadLoss, log_loss_upgrade
 from ..metrics import per_head
 from ..options import upgrade_options
-from .checkpoint import atomic_torch_save, read_checkpoint
+from .checkpoint import NonFiniteError, atomic_torch_save, check_finite_state, get_rng_state, read_checkpoint
 from .lr_scheduler import build_scheduler
 from .tiling import check_grid_options, grid_crop_size, merge_tiles, split_tiles
 from .train_augment import MixingAugment, ProgressiveTraining
@@ -79,6 +79,10 @@ class MultiHeadImageRestorationModel(SRModel):
         self.mixing = None
         self._progressive_stage = None
         self.final_index = -1
+        #: Steps skipped for a non-finite loss or gradient (``train.skip_nonfinite: true``).
+        self.skipped_steps = 0
+        #: Extra entries of the next training state (the training loop's position in the epoch), see train.py.
+        self.training_state_extras = {}
         super().__init__(opt)
         bare = self.get_bare_model(self.net_g)
         self.num_heads = getattr(bare, 'num_heads', 1)
@@ -225,24 +229,29 @@ class MultiHeadImageRestorationModel(SRModel):
             self.gt, self.lq = self.mixing(self.gt, self.lq)
 
     def optimize_parameters(self, current_iter, tb_logger=None):
-        """One training step on the fed batch (after :meth:`augment_batch`); ``tb_logger`` is accepted and unused."""
+        """One training step on the fed batch (after :meth:`augment_batch`); ``tb_logger`` is accepted and unused.
+
+        A non-finite loss or gradient raises :class:`NonFiniteError` naming the iteration and the heads/samples that
+        produced it, or skips the step with a warning when ``train.skip_nonfinite`` is true (counted in
+        ``skipped_steps``). In distributed training all ranks take the same decision.
+        """
         self.augment_batch(current_iter)
         self.optimizer_g.zero_grad()
         outputs = self.net_g(self.lq)
         stages = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         l_total = 0
         loss_dict = OrderedDict()
+        final_winners = None
+        stage_losses = []
         if self.cri_pix:
             l_pix = 0.
-            final_winners = None
             for index, stage in enumerate(stages):
                 l_pix = l_pix + self.cri_pix(stage, self.gt)
+                stage_losses.append(getattr(self.cri_pix, 'last_losses', None))
                 if index == self.final_index % len(stages):
                     final_winners = getattr(self.cri_pix, 'last_winners', None)
             l_total = l_total + l_pix
             loss_dict['l_pix'] = l_pix
-            if final_winners is not None:
-                self._win_counts += torch.bincount(final_winners, minlength=self.num_outputs).to(self._win_counts)
         if self.cri_perceptual:
             final = stages[self.final_index]
             if final.dim() == 5:
@@ -254,13 +263,76 @@ class MultiHeadImageRestorationModel(SRModel):
             if l_style is not None:
                 l_total = l_total + l_style
                 loss_dict['l_style'] = l_style
+        if not self._finite_on_all_ranks(l_total):
+            detail = self._nonfinite_loss_detail(stages, stage_losses, loss_dict)
+            return self._nonfinite_step(current_iter, 'loss', detail)
         l_total.backward()
+        grads = [p.grad for p in self.net_g.parameters() if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            names = [n for n, p in self.get_bare_model(self.net_g).named_parameters()
+                     if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+            return self._nonfinite_step(current_iter, 'gradient', f'parameters {", ".join(names[:5])}')
+        if final_winners is not None:
+            self._win_counts += torch.bincount(final_winners, minlength=self.num_outputs).to(self._win_counts)
         if self.use_grad_clip:
             torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), 0.01)
         self.optimizer_g.step()
         self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.skipped_steps:
+            self.log_dict['skipped_steps'] = float(self.skipped_steps)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def _finite_on_all_ranks(self, value):
+        """Whether ``value`` is finite on every rank (one all-reduce in distributed training)."""
+        flag = torch.isfinite(torch.as_tensor(value, dtype=torch.float32)).all().float().to(self.device)
+        if self.opt.get('dist') and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = flag.reshape(1).clone()
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.min() > 0)
+
+    def _head_name(self, index):
+        return head_pair_name(int(index), self.num_heads, self.combine) if self.num_outputs > 1 else 'output'
+
+    def _nonfinite_loss_detail(self, stages, stage_losses, loss_dict):
+        """Which loss terms, heads, samples and inputs are not finite, as text for the error message."""
+        parts = [f'{name} = {float(value.detach()) if torch.is_tensor(value) else value:g}'
+                 for name, value in loss_dict.items()]
+        multi_stage = len(stages) > 1
+        for s, (stage, losses) in enumerate(zip(stages, stage_losses + [None] * len(stages))):
+            where = f'stage {s} ' if multi_stage else ''
+            if losses is not None:
+                bad = (~torch.isfinite(losses)).nonzero().tolist()
+                if bad:
+                    shown = ', '.join(f'head {self._head_name(k)} of sample {b}' for b, k in bad[:8])
+                    parts.append(f'{where}non-finite MinHeadLoss per-head loss for {shown}'
+                                 f'{f" and {len(bad) - 8} more" if len(bad) > 8 else ""}')
+            out = stage.detach()
+            if out.dim() == 5:
+                bad_heads = (~torch.isfinite(out)).flatten(2).any(dim=2).any(dim=0).nonzero().flatten().tolist()
+                if bad_heads:
+                    parts.append(f'{where}network output not finite in head(s) '
+                                 f'{", ".join(self._head_name(k) for k in bad_heads)}')
+            elif not bool(torch.isfinite(out).all()):
+                parts.append(f'{where}network output not finite')
+        for name in ('lq', 'gt'):
+            tensor = getattr(self, name, None)
+            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                parts.append(f'the input batch `{name}` has NaN/inf values (check the dataset)')
+        return '; '.join(parts)
+
+    def _nonfinite_step(self, current_iter, what, detail):
+        """Raise :class:`NonFiniteError`, or skip this step with a warning when ``train.skip_nonfinite`` is true."""
+        message = f'Non-finite {what} at iteration {current_iter}: {detail}.'
+        self.optimizer_g.zero_grad()
+        if not self.opt['train'].get('skip_nonfinite', False):
+            raise NonFiniteError(message + ' No checkpoint of this step is written. Fix: lower train.optim_g.lr, set '
+                                 'train.use_grad_clip: true, check the data, or set `train.skip_nonfinite: true` to '
+                                 'skip such steps; resume with --auto_resume.')
+        self.skipped_steps += 1
+        get_root_logger().warning(message + f' Step skipped (train.skip_nonfinite; {self.skipped_steps} skipped so '
+                                  'far).')
+        self.log_dict = OrderedDict(skipped_steps=float(self.skipped_steps))
 
     def head_win_rates(self, reset=True):
         """Fraction of training samples each extended head won since the last call (reduced over ranks), (K',)."""
@@ -473,9 +545,10 @@ class MultiHeadImageRestorationModel(SRModel):
         }
 
     def save_network(self, net, net_label, current_iter, param_key='params'):
-        """BasicSR's layout (``params``/``params_ema``) plus a ``multihead`` entry, written atomically."""
-        if self.opt['rank'] != 0:
-            return
+        """BasicSR's layout (``params``/``params_ema``) plus a ``multihead`` entry, written atomically.
+
+        Refuses (:class:`NonFiniteError`, on every rank) to write parameters with NaN/inf values.
+        """
         label = 'latest' if current_iter == -1 else current_iter
         save_path = os.path.join(self.opt['path']['models'], f'{net_label}_{label}.pth')
         nets = net if isinstance(net, list) else [net]
@@ -485,12 +558,24 @@ class MultiHeadImageRestorationModel(SRModel):
             state = self.get_bare_model(net_).state_dict()
             save_dict[key] = OrderedDict(
                 (k[7:] if k.startswith('module.') else k, v.detach().cpu()) for k, v in state.items())
+            check_finite_state(save_dict[key], f'{save_path} ({key})')
+        if self.opt['rank'] != 0:
+            return
         save_dict[MULTIHEAD_META_KEY] = self.multihead_meta()
         atomic_torch_save(save_dict, save_path)
 
     def save_training_state(self, epoch, current_iter):
-        """Optimizers, schedulers and head statistics, written atomically (rank 0 only)."""
-        if self.opt['rank'] != 0 or current_iter == -1:
+        """Optimizers, schedulers, head statistics and every rank's RNG states, written atomically (by rank 0).
+
+        ``training_state_extras`` (set by the training loop: the position in the epoch) is added.
+        """
+        if current_iter == -1:
+            return
+        rng = [get_rng_state()]
+        if self.opt.get('dist') and torch.distributed.is_available() and torch.distributed.is_initialized():
+            rng = [None] * self.opt['world_size']
+            torch.distributed.all_gather_object(rng, get_rng_state())
+        if self.opt['rank'] != 0:
             return
         state = {
             'epoch': epoch,
@@ -499,7 +584,10 @@ class MultiHeadImageRestorationModel(SRModel):
             'schedulers': [s.state_dict() for s in self.schedulers],
             'best_head': int(self.best_head),
             'win_counts': self._win_counts.detach().cpu(),
+            'skipped_steps': int(self.skipped_steps),
+            'rng': rng,
         }
+        state.update(self.training_state_extras)
         if hasattr(self, 'best_metric_results'):
             state['best_metric_results'] = deepcopy(self.best_metric_results)
         atomic_torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
@@ -511,3 +599,4 @@ class MultiHeadImageRestorationModel(SRModel):
             self._win_counts.copy_(resume_state['win_counts'].to(self._win_counts))
         if 'best_metric_results' in resume_state:
             self.best_metric_results = resume_state['best_metric_results']
+        self.skipped_steps = int(resume_state.get('skipped_steps', 0))

@@ -1,0 +1,123 @@
+"""--auto_resume after SIGKILL ends with the same metrics as an uninterrupted run; broken latest states are skipped."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from basicsr_mh.train import find_resume_state
+from conftest import srmodel_options, write_options
+
+TOTAL, FREQ = 30, 10
+
+
+def options(pair_data):
+    """Tiny NAFNet MH-C (width 8, K=4 combine), EMA, 30 iterations, checkpoints and validation every 10."""
+    opt = srmodel_options(pair_data, 'resume_mhc', total_iter=TOTAL, val_freq=FREQ)
+    opt['datasets']['train']['num_worker_per_gpu'] = 0
+    # 4 images x 3 = 12 batches per epoch: the 20-iteration checkpoint falls mid-epoch (epoch 1, batch 8)
+    opt['datasets']['train'].update(batch_size_per_gpu=1, dataset_enlarge_ratio=3)
+    opt['logger'].update(print_freq=5, save_checkpoint_freq=FREQ, use_tb_logger=False)
+    opt['val']['save_img'] = False
+    return opt
+
+
+def train_cmd(opt_path, *extra):
+    return [sys.executable, '-m', 'basicsr_mh.train', '-opt', str(opt_path), *extra]
+
+
+def env():
+    return dict(os.environ, OMP_NUM_THREADS='1')
+
+
+def final_metrics(workdir):
+    data = json.loads((workdir / 'experiments' / 'resume_mhc' / 'metrics.json').read_text())
+    assert data['iter'] == TOTAL
+    return data['datasets']['TinyVal']
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(pair_data, tmp_path):
+    opt = options(pair_data)
+    full, killed = tmp_path / 'full', tmp_path / 'killed'
+    for workdir in (full, killed):
+        workdir.mkdir()
+        write_options(workdir / 'train.yml', opt)
+    reference = subprocess.Popen(train_cmd(full / 'train.yml'), cwd=full, env=env(), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
+    victim = subprocess.Popen(train_cmd(killed / 'train.yml'), cwd=killed, env=env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    state = killed / 'experiments' / 'resume_mhc' / 'training_states' / '20.state'
+    deadline = time.time() + 240
+    while not state.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert state.exists()
+    exp = killed / 'experiments' / 'resume_mhc'
+    # had the run got further before the kill, make it stop right after the 20-iteration state all the same
+    for path in [exp / 'training_states' / '30.state'] + list((exp / 'models').glob('net_g_[3l]*.pth')):
+        path.unlink(missing_ok=True)
+    (exp / 'training_states' / '30.state.tmp').write_bytes(b'half a checkpoint')  # a crash mid-write
+    resumed = subprocess.run(train_cmd(killed / 'train.yml', '--auto_resume'), cwd=killed, env=env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    _, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err[-4000:]
+    logs = sorted(exp.glob('train_resume_mhc_*.log'))
+    assert 'Resuming training from epoch: 1, iter: 20' in logs[-1].read_text()
+    want, got = final_metrics(full), final_metrics(killed)
+    assert set(want) == set(got)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-4), key
+    # EMA, optimizer and final weights equal too
+    a = torch.load(full / 'experiments' / 'resume_mhc' / 'models' / 'net_g_latest.pth', weights_only=True)
+    b = torch.load(exp / 'models' / 'net_g_latest.pth', weights_only=True)
+    for key in ('params', 'params_ema'):
+        for name, tensor in a[key].items():
+            torch.testing.assert_close(b[key][name], tensor, atol=1e-5, rtol=1e-4)
+
+
+def _fake_experiment(root, iters):
+    """training_states/<i>.state and models/net_g_<i>.pth for ``iters``, written like the model does."""
+    states, models = root / 'training_states', root / 'models'
+    states.mkdir(parents=True)
+    models.mkdir()
+    for i in iters:
+        torch.save({'epoch': 0, 'iter': i, 'optimizers': [], 'schedulers': []}, states / f'{i}.state')
+        torch.save({'params': {'w': torch.zeros(1)}}, models / f'net_g_{i}.pth')
+    return {'auto_resume': True, 'rank': 0, 'path': {'training_states': str(states), 'models': str(models)}}
+
+
+def test_tmp_file_of_interrupted_write_is_ignored(tmp_path):
+    opt = _fake_experiment(tmp_path, (10, 20))
+    (tmp_path / 'training_states' / '30.state.tmp').write_bytes(b'\x80garbage')
+    (tmp_path / 'training_states' / '30.state.a1b2.tmp').write_bytes(b'\x80garbage')
+    warnings = []
+    assert find_resume_state(opt, warn=warnings.append).endswith('20.state')
+    assert opt['path']['resume_state'].endswith('20.state')
+
+
+def test_truncated_state_without_network_is_skipped_with_warning(tmp_path):
+    opt = _fake_experiment(tmp_path, (10, 20))
+    good = (tmp_path / 'training_states' / '20.state').read_bytes()
+    (tmp_path / 'training_states' / '30.state').write_bytes(good[:len(good) // 2])
+    warnings = []
+    assert find_resume_state(opt, warn=warnings.append).endswith('20.state')
+    assert len(warnings) == 1 and '30.state' in warnings[0] and 'net_g_30.pth' in warnings[0]
+
+
+def test_truncated_state_or_network_is_skipped_with_warning(tmp_path):
+    opt = _fake_experiment(tmp_path, (10, 20, 30))
+    state = tmp_path / 'training_states' / '30.state'
+    state.write_bytes(state.read_bytes()[:40])
+    net = tmp_path / 'models' / 'net_g_20.pth'
+    net.write_bytes(net.read_bytes()[:40])
+    warnings = []
+    assert find_resume_state(opt, warn=warnings.append).endswith('10.state')
+    assert len(warnings) == 2
+    assert '30.state' in warnings[0] and 'cannot be read' in warnings[0]
+    assert 'net_g_20.pth' in warnings[1]
