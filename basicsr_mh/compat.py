@@ -28,7 +28,8 @@ def install_torchvision_alias():
     import torchvision.transforms.functional as functional
 
     alias = types.ModuleType(_OLD_NAME)
-    alias.__doc__ = 'Alias installed by basicsr_mh.compat for BasicSR 1.4.2: forwards to torchvision.transforms.functional.'
+    alias.__doc__ = ('Alias installed by basicsr_mh.compat for BasicSR 1.4.2: forwards to '
+                     'torchvision.transforms.functional.')
     for name in dir(functional):
         if not name.startswith('__'):
             setattr(alias, name, getattr(functional, name))
