@@ -5,10 +5,10 @@ attribute ``per_head`` is the function). ``basicsr`` itself is imported lazily, 
 :mod:`basicsr_mh.compat` has installed its torchvision alias.
 """
 from basicsr_mh import compat  # noqa: F401  (must precede any basicsr import)
-from .per_head import (gaussian_filter_valid, metric_per_head_fallback, per_head, per_head_many, psnr_per_head,
-                       psnr_ssim_per_head, quantize_like_tensor2img, ssim_per_head, to_y_channel)
+from .per_head import (clear_workspace_cache, gaussian_filter_valid, metric_per_head_fallback, per_head, per_head_many,
+                       psnr_per_head, psnr_ssim_per_head, quantize_like_tensor2img, ssim_per_head, to_y_channel)
 
 __all__ = [
     'per_head', 'per_head_many', 'psnr_per_head', 'ssim_per_head', 'psnr_ssim_per_head', 'quantize_like_tensor2img',
-    'to_y_channel', 'gaussian_filter_valid', 'metric_per_head_fallback'
+    'to_y_channel', 'gaussian_filter_valid', 'metric_per_head_fallback', 'clear_workspace_cache'
 ]

@@ -14,8 +14,9 @@ How SSIM is made fast:
 
 * The window is separable: a horizontal then a vertical 11-tap filter. On CPU the horizontal pass is one oneDNN
   convolution over the image seen as a single long signal cut in blocks of ``P`` samples (the ``P`` phases are the
-  channels, a 2-tap kernel spans the next block), the vertical pass one depthwise convolution in channels-last layout
-  (image columns as channels). Elsewhere (CUDA, float64) both passes are block-Toeplitz matrix products.
+  channels, a 2-tap kernel spans the next block); the vertical pass is one batched matrix product: each block of 32
+  output rows is a banded ``(32, 42)`` matrix times the 42 input rows it needs. Elsewhere (CUDA, float64) both passes
+  are block-Toeplitz matrix products.
 * Per head only three planes are filtered, built from the difference ``d = x - y`` to the ground truth ``y``:
   ``d``, ``f = 2 (y - m) d`` and ``z = d^2 + f`` (``m``: the ground truth's rounded channel mean). With ``mu``, ``F``,
   ``Z`` their filtered values and the ground truth's own terms (computed once per image)::
@@ -27,8 +28,9 @@ How SSIM is made fast:
   Nothing large cancels when a head is close to the ground truth, so float32 suffices (heads offset by a large
   constant are centred first). Errors against BasicSR stay around 1e-7 on photos and below 3e-5 on adversarial flat
   images.
-* Heads are processed in groups sized to the image (one 720p head per group, many small images per group); the
-  buffers are allocated once per call.
+* Heads are processed in groups sized to the image (one 720p head per group, many small images per group). On CPU
+  the buffers are kept between calls (fresh multi-megabyte tensors cost page faults): about 110 MB for a 720p RGB
+  SSIM call, released by :func:`clear_workspace_cache` (or never kept with ``WORKSPACE_CACHE = False``).
 
 PSNR is a sum of squared differences accumulated in float64. :func:`psnr_ssim_per_head` (used by
 :func:`per_head_many`) gets PSNR almost for free from the SSIM pass. Any other metric type falls back to BasicSR's
@@ -43,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from basicsr_mh import compat  # noqa: F401  (installs the torchvision alias before basicsr is imported)
+from .cpu_strips import cpu_psnr_ssim
 
 __all__ = [
     'quantize_like_tensor2img', 'to_y_channel', 'gaussian_filter_valid', 'psnr_per_head', 'ssim_per_head',
@@ -115,16 +118,6 @@ def _polyphase_weight(phases, dtype, device):
         return weight.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
 
     return _cached(('poly', phases, dtype, str(device)), build)
-
-
-def _depthwise_weight(channels, dtype, device):
-    """Weight ``(channels, 1, 11, 1)`` of the vertical pass (one 11-tap column filter per image column)."""
-
-    def build():
-        taps = torch.tensor(_TAPS, dtype=torch.float64).view(1, 1, _WIN, 1)
-        return taps.expand(channels, 1, _WIN, 1).to(device=device, dtype=dtype).contiguous()
-
-    return _cached(('depthwise', channels, dtype, str(device)), build)
 
 
 def _precision_is_exact(device):
@@ -673,8 +666,20 @@ def per_head(pred, gt, metric_opt):
     if settings is None:
         return metric_per_head_fallback(pred, gt, metric_opt)
     metric_type, crop_border, test_y = settings
+    name = 'psnr' if metric_type == 'calculate_psnr' else 'ssim'
+    if _use_cpu_strips(pred, gt, crop_border):
+        return cpu_psnr_ssim(pred, gt, crop_border, test_y, want=(name, ))[name]
     fn = psnr_per_head if metric_type == 'calculate_psnr' else ssim_per_head
     return fn(pred, gt, crop_border=crop_border, test_y_channel=test_y)
+
+
+def _use_cpu_strips(pred, gt, crop_border):
+    """The strip/OpenCV path (:mod:`.cpu_strips`) serves CPU tensors with finite values and room for the window."""
+    if pred.dim() != 5 or gt.dim() != 4 or pred.device.type != 'cpu' or gt.device.type != 'cpu':
+        return False
+    if min(pred.shape[-2], pred.shape[-1]) - 2 * crop_border < 11:
+        return False
+    return bool(torch.isfinite(pred).all()) and bool(torch.isfinite(gt).all())
 
 
 def per_head_many(pred, gt, metric_opts):
@@ -697,7 +702,10 @@ def per_head_many(pred, gt, metric_opts):
         if settings[0] not in slot:
             slot[settings[0]] = name
     for (crop_border, test_y), slot in pending.items():
-        if len(slot) == 2:
+        if len(slot) == 2 and _use_cpu_strips(pred, gt, crop_border):
+            both = cpu_psnr_ssim(pred, gt, crop_border, test_y)
+            results[slot['calculate_psnr']], results[slot['calculate_ssim']] = both['psnr'], both['ssim']
+        elif len(slot) == 2:
             psnr, ssim = psnr_ssim_per_head(pred, gt, crop_border, test_y)
             results[slot['calculate_psnr']], results[slot['calculate_ssim']] = psnr, ssim
     for name, opt in metric_opts.items():
