@@ -1,0 +1,208 @@
+"""Quality of multi-head training on the generated GoPro-style data: the paper's Fig. 5 ablation, several seeds.
+
+Configurations: the single-head baseline (K = 1), K = 2..5 heads without combine (K' = K) and with combine
+(K' = K(K+1)/2), all NAFNet with the same width, data, iterations and optimizer (the embedded option template of
+:mod:`basicsr_mh.demo`; one data set made once by :func:`basicsr_mh.data.gopro_synth.make_dataset` with its default
+generator settings, seed 0, never tuned for the method). Each configuration is trained with every seed in
+``--seeds`` (same seed: same initial backbone draw and the same batches for every configuration), in-process with
+:func:`basicsr_mh.train.train_pipeline`; the last validation gives PSNR/SSIM overall (Eq. 7a, each image's best head),
+best single head (Eq. 7b) and worst head. Reported: mean and sample standard deviation over seeds.
+
+Presets: ``smoke`` (~5 minutes on 2 CPU cores: width 8, 300 iterations, 2 seeds; shows that it runs, too short to rank),
+``small`` (under an hour on 2 CPU cores: width 16, 600 iterations, 3 seeds), ``full`` (GPU: NAFNet-width32,
+batch 8 of 256x256, 20000 iterations, 3 seeds; hours).
+
+Writes ``benchmarks/results/quality_<preset>.json``, ``.md`` and ``.png`` (matplotlib with the Agg backend when it
+is installed, else a cv2 drawing). Usage: ``python benchmarks/quality.py --preset smoke [--seeds 0,1] [--keep]``
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import basicsr_mh  # noqa: F401  (torchvision alias, before basicsr)
+import torch
+from basicsr_mh import demo
+
+PRESETS = {
+    'smoke': dict(width=8, iters=300, batch=4, patch=32, num_train=24, num_val=6, size=64, val_points=1, seeds=[0, 1],
+                  ks=[1, 2, 3, 4, 5], num_gpu=0),
+    'small': dict(width=16, iters=600, batch=4, patch=64, num_train=96, num_val=12, size=128, val_points=3,
+                  seeds=[0, 1, 2], ks=[1, 2, 3, 4, 5], num_gpu=0),
+    'full': dict(width=32, iters=20000, batch=8, patch=256, num_train=800, num_val=100, size=(360, 640), val_points=4,
+                 seeds=[0, 1, 2], ks=[1, 2, 3, 4, 5], num_gpu=1, enc_blk_nums=[1, 1, 1, 28]),
+}
+METRIC_KEYS = ('psnr_overall', 'psnr', 'psnr_worst', 'ssim_overall', 'ssim', 'ssim_worst')
+
+
+def configurations(ks):
+    """``[(label, K, combine)]``: K = 1 baseline, then K = 2.. without and with combine."""
+    out = [('single-head', 1, False)] if 1 in ks else []
+    for combine in (False, True):
+        out += [(f"K={k}{' +combine' if combine else ''}", k, combine) for k in ks if k > 1]
+    return out
+
+
+def run_one(work, data, preset, label, num_heads, combine, seed):
+    """Train one configuration with one seed; returns the final validation results (dict of floats)."""
+    name = f"q_{label.replace('=', '').replace(' +', '_')}_s{seed}"
+    opt = demo.make_options(name, data, preset, num_heads, combine, seed)
+    opt['num_gpu'] = preset['num_gpu']
+    if preset.get('enc_blk_nums'):
+        opt['network_g']['enc_blk_nums'] = list(preset['enc_blk_nums'])
+    _, curve, seconds = demo.train_one(work, opt, verbose=False, label=f'{label} seed {seed}')
+    final = dict(curve[-1])
+    if num_heads == 1 and not combine:  # one output: every Eq. 7 variant is the same number
+        for m in ('psnr', 'ssim'):
+            final.setdefault(f'{m}_overall', final[m])
+            final.setdefault(f'{m}_worst', final[m])
+    final['seconds'] = seconds
+    final['num_outputs'] = num_heads * (num_heads + 1) // 2 if combine else num_heads
+    return final
+
+
+def aggregate(runs):
+    """Mean and sample std over seeds of :data:`METRIC_KEYS`: ``{key: {'mean': m, 'std': s, 'values': [...]}}``."""
+    out = {}
+    for key in METRIC_KEYS:
+        values = [r[key] for r in runs]
+        out[key] = {'mean': statistics.fmean(values), 'std': statistics.stdev(values) if len(values) > 1 else 0.0,
+                    'values': values}
+    return out
+
+
+def input_scores(data):
+    """Mean PSNR/SSIM of the blurry validation inputs against their labels (the identity's score)."""
+    from basicsr_mh.metrics import per_head
+    val_gt, val_lq = data['val']['gt'], data['val']['lq']
+    names = sorted(os.listdir(val_gt))
+    sums = {m: 0.0 for m in demo.TEMPLATE['val']['metrics']}
+    for fname in names:
+        gt = demo.to_tensor(demo.read_rgb(os.path.join(val_gt, fname)))
+        lq = demo.to_tensor(demo.read_rgb(os.path.join(val_lq, fname)))
+        for m, mopt in demo.TEMPLATE['val']['metrics'].items():
+            sums[m] += float(per_head(lq.unsqueeze(1), gt, mopt)[0, 0])
+    return {m: v / max(len(names), 1) for m, v in sums.items()}
+
+
+def markdown(rows, meta):
+    """Markdown table: per configuration, mean ± std of PSNR/SSIM overall, best single head and worst."""
+    p = meta['preset']
+    lines = [
+        f"Preset `{meta['preset_name']}`: NAFNet width {p['width']}, {p['iters']} iterations, batch {p['batch']} of "
+        f"{p['patch']}x{p['patch']}, {p['num_train']} train / {p['num_val']} val generated pairs of size {p['size']}, "
+        f"seeds {p['seeds']}; mean ± std over seeds; {meta['seconds']:.0f} s on {meta['device']}. Blurry input: "
+        f"PSNR {meta['input']['psnr']:.2f}, SSIM {meta['input']['ssim']:.4f}.", '',
+        "| config | K' | PSNR overall (7a) | PSNR best single (7b) | PSNR worst | SSIM overall (7a) | "
+        'SSIM best single (7b) | SSIM worst |',
+        '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    ]
+    for row in rows:
+        agg = row['aggregate']
+        digits = {k: 2 if k.startswith('psnr') else 4 for k in METRIC_KEYS}
+        cells = [f"{agg[k]['mean']:.{digits[k]}f} ± {agg[k]['std']:.{digits[k]}f}" for k in METRIC_KEYS]
+        lines.append(f"| {row['label']} | {row['num_outputs']} | " + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def plot(rows, path, title):
+    """PSNR overall and best single head vs K, without and with combine (error bars: std over seeds)."""
+    base = next((r for r in rows if r['num_heads'] == 1), None)
+    series = []
+    for combine, colours in ((False, ('#1f77b4', '#9ecae1')), (True, ('#d62728', '#fc9272'))):
+        sel = sorted((r for r in rows if r['combine'] == combine and r['num_heads'] > 1), key=lambda r: r['num_heads'])
+        if base is not None:
+            sel = [base] + sel
+        tag = 'combine' if combine else 'no combine'
+        for key, colour, what in (('psnr_overall', colours[0], 'overall (7a)'),
+                                  ('psnr', colours[1], 'best single head (7b)')):
+            series.append((f'{what}, {tag}', [r['num_heads'] for r in sel],
+                           [r['aggregate'][key]['mean'] for r in sel], [r['aggregate'][key]['std'] for r in sel],
+                           colour))
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        demo.line_plot([(label, xs, ys, tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)))
+                        for label, xs, ys, _, c in series], path, title, 'K (heads)', 'PSNR (dB)')
+        return 'cv2'
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for label, xs, ys, errs, colour in series:
+        ax.errorbar(xs, ys, yerr=errs, label=label, color=colour, marker='o', capsize=3,
+                    linestyle='-' if 'overall' in label else '--')
+    ax.set_xlabel('K (heads; K = 1 is the single-head baseline)')
+    ax.set_ylabel('PSNR (dB)')
+    ax.set_xticks(sorted({x for _, xs, _, _, _ in series for x in xs}))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return 'matplotlib'
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--preset', choices=sorted(PRESETS), default='smoke')
+    parser.add_argument('--seeds', default=None, help='comma-separated training seeds (default: the preset\'s)')
+    parser.add_argument('--iters', type=int, default=None, help='override the preset\'s iterations')
+    parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: the idle cores)')
+    parser.add_argument('--work', default=None, help='folder for data and experiments (default: a temp folder, '
+                        'removed at the end unless --keep)')
+    parser.add_argument('--keep', action='store_true', help='keep the work folder')
+    parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'))
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """Run the ablation; returns 0."""
+    from basicsr_mh.data.gopro_synth import make_dataset
+    args = parse_args(argv)
+    preset = dict(PRESETS[args.preset])
+    if args.seeds:
+        preset['seeds'] = [int(s) for s in args.seeds.split(',')]
+    if args.iters:
+        preset['iters'] = args.iters
+    if preset['num_gpu'] and not torch.cuda.is_available():
+        raise SystemExit(f'--preset {args.preset} needs a CUDA device.')
+    threads = args.threads or demo.auto_threads()
+    torch.set_num_threads(threads)
+    work = args.work or tempfile.mkdtemp(prefix='basicsr_mh_quality_')
+    os.makedirs(work, exist_ok=True)
+    start = time.time()
+    data = make_dataset(os.path.join(work, 'data'), num_train=preset['num_train'], num_val=preset['num_val'],
+                        size=preset['size'], seed=0, progress=False, workers=2)
+    rows = []
+    inputs = input_scores(data)
+    try:
+        for label, num_heads, combine in configurations(preset['ks']):
+            runs = [run_one(work, data, preset, label, num_heads, combine, seed) for seed in preset['seeds']]
+            rows.append({'label': label, 'num_heads': num_heads, 'combine': combine,
+                         'num_outputs': runs[0]['num_outputs'], 'runs': runs, 'aggregate': aggregate(runs)})
+    finally:
+        if not args.keep and not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    device = torch.cuda.get_device_name() if preset['num_gpu'] else f'CPU ({threads} thread(s))'
+    meta = {'preset_name': args.preset, 'preset': preset, 'seconds': time.time() - start, 'device': device,
+            'torch': torch.__version__, 'input': inputs}
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f'quality_{args.preset}')
+    meta['plot'] = plot(rows, stem + '.png', f"Fig. 5 ablation ({args.preset}): PSNR vs heads")
+    with open(stem + '.json', 'w') as f:
+        json.dump({'meta': meta, 'rows': rows}, f, indent=1)
+        f.write('\n')
+    text = markdown(rows, meta)
+    with open(stem + '.md', 'w') as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
