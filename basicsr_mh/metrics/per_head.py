@@ -668,18 +668,22 @@ def per_head(pred, gt, metric_opt):
     metric_type, crop_border, test_y = settings
     name = 'psnr' if metric_type == 'calculate_psnr' else 'ssim'
     if _use_cpu_strips(pred, gt, crop_border):
-        return cpu_psnr_ssim(pred, gt, crop_border, test_y, want=(name, ))[name]
+        value = cpu_psnr_ssim(pred, gt, crop_border, test_y, want=(name, ))[name]
+        if not torch.isnan(value).any():  # NaN inputs propagate: the torch path maps them as tensor2img does
+            return value
     fn = psnr_per_head if metric_type == 'calculate_psnr' else ssim_per_head
     return fn(pred, gt, crop_border=crop_border, test_y_channel=test_y)
 
 
 def _use_cpu_strips(pred, gt, crop_border):
-    """The strip/OpenCV path (:mod:`.cpu_strips`) serves CPU tensors with finite values and room for the window."""
+    """The strip/OpenCV path (:mod:`.cpu_strips`) serves 5-D CPU tensors with room for the window.
+
+    Infinite values are clamped as ``tensor2img`` does; NaN values make its result NaN, and the caller then falls back
+    to the torch path (which maps NaN as ``tensor2img``'s uint8 cast does), so no full-size finiteness scan is needed.
+    """
     if pred.dim() != 5 or gt.dim() != 4 or pred.device.type != 'cpu' or gt.device.type != 'cpu':
         return False
-    if min(pred.shape[-2], pred.shape[-1]) - 2 * crop_border < 11:
-        return False
-    return bool(torch.isfinite(pred).all()) and bool(torch.isfinite(gt).all())
+    return min(pred.shape[-2], pred.shape[-1]) - 2 * crop_border >= 11
 
 
 def per_head_many(pred, gt, metric_opts):
@@ -702,8 +706,9 @@ def per_head_many(pred, gt, metric_opts):
         if settings[0] not in slot:
             slot[settings[0]] = name
     for (crop_border, test_y), slot in pending.items():
-        if len(slot) == 2 and _use_cpu_strips(pred, gt, crop_border):
-            both = cpu_psnr_ssim(pred, gt, crop_border, test_y)
+        both = cpu_psnr_ssim(pred, gt, crop_border, test_y) if len(slot) == 2 and _use_cpu_strips(
+            pred, gt, crop_border) else None
+        if both is not None and not (torch.isnan(both['psnr']).any() or torch.isnan(both['ssim']).any()):
             results[slot['calculate_psnr']], results[slot['calculate_ssim']] = both['psnr'], both['ssim']
         elif len(slot) == 2:
             psnr, ssim = psnr_ssim_per_head(pred, gt, crop_border, test_y)
