@@ -140,8 +140,7 @@ def cpu_psnr_ssim(pred, gt, crop_border=0, test_y_channel=False, want=('psnr', '
     cv2.setNumThreads(1)  # parallelism comes from the strips; restored below
     try:
         for b in range(batch):
-            p = np.ascontiguousarray(pred_np[b])
-            g = np.ascontiguousarray(gt_np[b])
+            p, g = pred_np[b], gt_np[b]  # views: each strip is quantized into a fresh contiguous array
             planes = 1 if (test_y_channel and channels == 3) else channels
             if 'psnr' in want:
                 sse = _run_strips(_sse_strip, height, p, g, test_y_channel, threads)
