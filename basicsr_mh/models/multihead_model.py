@@ -17,7 +17,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 
 from ..archs.multihead_arch import MultiHeadArch, head_pair_name
 from ..losses.min_head_loss import MinHeadLoss, log_loss_upgrade
-from ..metrics import per_head
+from ..metrics import per_head_many
 from ..options import upgrade_options
 from .checkpoint import NonFiniteError, atomic_torch_save, check_finite_state, get_rng_state, read_checkpoint
 from .lr_scheduler import build_scheduler
@@ -433,13 +433,14 @@ class MultiHeadImageRestorationModel(SRModel):
         if not self._val_flag('rgb2bgr') and heads.shape[-3] == 3:
             heads, gt = heads.flip(-3), gt.flip(-3)
         use_image = self._val_flag('use_image')
-        scores = {}
+        scores, on_images = {}, {}
         for name, metric_opt in metrics_opt.items():
             if not use_image and metric_opt.get('type') == 'calculate_psnr' and not metric_opt.get('test_y_channel'):
                 scores[name] = float_psnr_per_head(heads, gt, metric_opt.get('crop_border', 0))
             else:
-                scores[name] = per_head(heads, gt, metric_opt)
-        return scores
+                on_images[name] = metric_opt
+        scores.update(per_head_many(heads, gt, on_images))  # a PSNR and an SSIM entry share one pass
+        return {name: scores[name] for name in metrics_opt}
 
     def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
         """Each rank validates a shard (indices rank::world_size); the sums are reduced, so all ranks agree."""
