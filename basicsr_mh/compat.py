@@ -5,6 +5,7 @@ PyPI's basicsr 1.4.2 imports ``torchvision.transforms.functional_tensor``, a mod
 the old name that forwards to the current one, so both BasicSR versions import beside any torchvision.
 """
 import importlib
+import importlib.util
 import sys
 import types
 
@@ -19,11 +20,8 @@ def install_torchvision_alias():
     """
     if _OLD_NAME in sys.modules:
         return False
-    try:
-        importlib.import_module(_OLD_NAME)
+    if importlib.util.find_spec(_OLD_NAME) is not None:  # an older torchvision still ships the module
         return False
-    except ImportError:
-        pass
     import torchvision.transforms as transforms
     import torchvision.transforms.functional as functional
 

@@ -88,6 +88,20 @@ def check_head_options(num_heads, combine, where='network_g'):
     return num_heads, combine
 
 
+def _conv_settings(conv):
+    """Everything but the channel counts of a Conv2d, to build a grown copy of it."""
+    return dict(
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype)
+
+
 class MultiHeadConv2d(nn.Conv2d):
     """A Conv2d with ``num_heads * head_channels`` output channels that returns the mean of its heads.
 
@@ -103,18 +117,7 @@ class MultiHeadConv2d(nn.Conv2d):
     """
 
     def __init__(self, conv, num_heads, detach_mean=True):
-        super().__init__(
-            conv.in_channels,
-            conv.out_channels * num_heads,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype)
+        super().__init__(conv.in_channels, conv.out_channels * num_heads, **_conv_settings(conv))
         self.num_heads = num_heads
         self.head_channels = conv.out_channels
         self.detach_mean = detach_mean
@@ -200,18 +203,7 @@ class MultiHeadInputConv2d(nn.Conv2d):
 
     def __init__(self, conv, producer, scale=1.0):
         num_heads = producer.num_heads
-        super().__init__(
-            conv.in_channels * num_heads,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype)
+        super().__init__(conv.in_channels * num_heads, conv.out_channels, **_conv_settings(conv))
         self.num_heads = num_heads
         self.head_channels = conv.in_channels
         self.scale = scale
