@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from basicsr_mh.metrics import per_head
 
-from .common import (MULTIHEAD_META_KEY, ToolError, head_name, head_pairs, load_model, read_options, run_tool)
+from .common import (MULTIHEAD_META_KEY, ToolError, add_model_arguments, head_name, head_pairs, load_model,
+                     read_options, run_tool)
 from .infer import pick_device
 from .runner import HeadRunner
 from .selection import RULES, select
@@ -279,11 +280,8 @@ def build_parser(prog=None):
         prog=prog,
         description='On the validation/test set of an option file: residual heatmaps between heads (Fig. 3/4), the '
         'pairwise-head PSNR matrix (Fig. 6), head win rates, and selection rules vs the oracle (Eq. 7a/7b).')
-    parser.add_argument('--opt', required=True, help='test option file (network_g, datasets with GT, '
+    add_model_arguments(parser, 'test option file (network_g, datasets with GT, '
                         'path.pretrain_network_g unless --ckpt, val.metrics)')
-    parser.add_argument('--ckpt', help='checkpoint (default: path.pretrain_network_g)')
-    parser.add_argument('--param-key', help='checkpoint entry (default: path.param_key_g, else params_ema when '
-                        'present, else params)')
     parser.add_argument('--out', help='output folder (default: results/<name>/analysis)')
     parser.add_argument('--dataset', help='dataset key or name (default: the first that is not train)')
     parser.add_argument('--max-images', type=int, help='analyze the first N images only')

@@ -29,6 +29,14 @@ def run_tool(prog, func, args):
         return 1
 
 
+def add_model_arguments(parser, opt_help):
+    """Add the ``--opt`` / ``--ckpt`` / ``--param-key`` flags that ``infer`` and ``analyze`` share."""
+    parser.add_argument('--opt', required=True, help=opt_help)
+    parser.add_argument('--ckpt', help='checkpoint (default: path.pretrain_network_g of --opt)')
+    parser.add_argument('--param-key', help='checkpoint entry (default: path.param_key_g, else params_ema when '
+                        'present, else params)')
+
+
 def read_options(path):
     """Parse a BasicSR option file (YAML) into a dict."""
     if not os.path.isfile(path):

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from basicsr_mh.archs.multihead_arch import _find_in_channels
 
-from .common import ToolError, head_name, head_pairs, load_model, parse_head, read_options, run_tool
+from .common import (ToolError, add_model_arguments, head_name, head_pairs, load_model, parse_head, read_options,
+                     run_tool)
 from .runner import HeadRunner
 from .selection import RULES, select
 
@@ -126,11 +127,8 @@ def build_parser(prog=None):
         prog=prog,
         description='Deblur images of any size with a (multi-head) model; write PNGs to --output. Heads: the '
         'checkpoint\'s best head, all heads, one head, or a per-image selection rule that needs no ground truth.')
-    parser.add_argument('--opt', required=True, help='test or train option file (network_g; path.pretrain_network_g '
+    add_model_arguments(parser, 'test or train option file (network_g; path.pretrain_network_g '
                         'unless --ckpt)')
-    parser.add_argument('--ckpt', help='checkpoint (default: path.pretrain_network_g of --opt)')
-    parser.add_argument('--param-key', help='checkpoint entry (default: path.param_key_g, else params_ema when '
-                        'present, else params)')
     parser.add_argument('--input', required=True, help='an image or a folder of images')
     parser.add_argument('--output', required=True, help='output folder (created; never the input folder)')
     parser.add_argument('--heads', help='best (default; multihead.best_head), all (K\' files per image), or one head '
