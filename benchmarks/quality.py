@@ -33,8 +33,10 @@ PRESETS = {
                   ks=[1, 2, 3, 4, 5], num_gpu=0),
     'small': dict(width=16, iters=600, batch=4, patch=64, num_train=96, num_val=12, size=128, val_points=3,
                   seeds=[0, 1, 2], ks=[1, 2, 3, 4, 5], num_gpu=0),
+    'gpu': dict(width=32, iters=4000, batch=8, patch=128, num_train=400, num_val=40, size=256, val_points=4,
+                seeds=[0, 1, 2], ks=[1, 4], num_gpu=1, workers=2, jobs=9),
     'full': dict(width=32, iters=20000, batch=8, patch=256, num_train=800, num_val=100, size=(360, 640), val_points=4,
-                 seeds=[0, 1, 2], ks=[1, 2, 3, 4, 5], num_gpu=1, enc_blk_nums=[1, 1, 1, 28]),
+                 seeds=[0, 1, 2], ks=[1, 2, 3, 4, 5], num_gpu=1, enc_blk_nums=[1, 1, 1, 28], workers=4),
 }
 METRIC_KEYS = ('psnr_overall', 'psnr', 'psnr_worst', 'ssim_overall', 'ssim', 'ssim_worst')
 
@@ -54,15 +56,97 @@ def run_one(work, data, preset, label, num_heads, combine, seed):
     opt['num_gpu'] = preset['num_gpu']
     if preset.get('enc_blk_nums'):
         opt['network_g']['enc_blk_nums'] = list(preset['enc_blk_nums'])
+    opt['datasets']['train']['num_worker_per_gpu'] = preset.get('workers', 0)
+    if preset.get('lr'):
+        opt['train']['optim_g']['lr'] = preset['lr']
     _, curve, seconds = demo.train_one(work, opt, verbose=False, label=f'{label} seed {seed}')
     final = dict(curve[-1])
-    if num_heads == 1 and not combine:  # one output: every Eq. 7 variant is the same number
-        for m in ('psnr', 'ssim'):
-            final.setdefault(f'{m}_overall', final[m])
-            final.setdefault(f'{m}_worst', final[m])
+    final['curve'] = [dict(c) for c in curve]
+    fill_single_head(final, num_heads, combine)
     final['seconds'] = seconds
     final['num_outputs'] = num_heads * (num_heads + 1) // 2 if combine else num_heads
     return final
+
+
+def fill_single_head(record, num_heads, combine):
+    """One output (K = 1, no combine): Eq. 7a, 7b and the worst head are the same number; fill them in place."""
+    if num_heads == 1 and not combine:
+        for m in ('psnr', 'ssim'):
+            record.setdefault(f'{m}_overall', record[m])
+            record.setdefault(f'{m}_worst', record[m])
+    return record
+
+
+def _job(args):
+    """One (configuration, seed) run, in a worker process or inline; appends each validation to ``records``."""
+    work, data, preset, label, num_heads, combine, seed, records, threads = args
+    torch.set_num_threads(threads)
+    start = time.time()
+
+    def write(record):
+        line = dict(label=label, num_heads=num_heads, combine=combine, seed=seed, elapsed=time.time() - start,
+                    **record)
+        with open(records, 'a') as f:
+            f.write(json.dumps(line) + '\n')
+
+    with demo.record_validations([], write):
+        return run_one(work, data, preset, label, num_heads, combine, seed)
+
+
+def run_all(work, data, preset, records, jobs, threads):
+    """Every configuration with every seed, ``jobs`` at a time (spawned processes when > 1): rows for the tables."""
+    plan = [(label, k, combine, seed) for label, k, combine in configurations(preset['ks']) for seed in preset['seeds']]
+    args = [(work, data, preset, label, k, combine, seed, records, threads) for label, k, combine, seed in plan]
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
+            results = list(pool.map(_job, args))
+    else:
+        results = [_job(a) for a in args]
+    rows = []
+    for label, k, combine in configurations(preset['ks']):
+        runs = [r for (lab, _, _, _), r in zip(plan, results) if lab == label]
+        rows.append({'label': label, 'num_heads': k, 'combine': combine, 'num_outputs': runs[0]['num_outputs'],
+                     'runs': runs, 'aggregate': aggregate(runs)})
+    return rows
+
+
+def rows_from_records(path):
+    """Rows (as :func:`run_all` returns) and meta from a records file, e.g. of a run stopped early.
+
+    Each run's curve is what it validated; the tables use every run's record at the last iteration that all runs
+    reached (``meta['iters_reached']``).
+    """
+    meta, runs = None, {}
+    with open(path) as f:
+        for line in f:
+            item = json.loads(line)
+            if 'meta' in item:
+                meta = item['meta']
+                continue
+            key = (item['label'], item['seed'])
+            runs.setdefault(key, {'head': item, 'curve': []})['curve'].append(item)
+    if meta is None or not runs:
+        raise SystemExit(f'{path}: no meta line or no validation records in it.')
+    reached = min(max(r['iter'] for r in run['curve']) for run in runs.values())
+    rows = []
+    for label, k, combine in configurations(meta['preset']['ks']):
+        chosen = []
+        for seed in meta['preset']['seeds']:
+            run = runs.get((label, seed))
+            if run is None:
+                continue
+            final = fill_single_head(dict(next(r for r in run['curve'] if r['iter'] == reached)), k, combine)
+            final['curve'] = run['curve']
+            final['num_outputs'] = k * (k + 1) // 2 if combine else k
+            chosen.append(final)
+        if chosen:
+            rows.append({'label': label, 'num_heads': k, 'combine': combine, 'num_outputs': chosen[0]['num_outputs'],
+                         'runs': chosen, 'aggregate': aggregate(chosen)})
+    meta['iters_reached'] = reached
+    meta['seconds'] = max(r['elapsed'] for run in runs.values() for r in run['curve'])
+    return rows, meta
 
 
 def aggregate(runs):
@@ -95,7 +179,9 @@ def markdown(rows, meta):
     lines = [
         f"Preset `{meta['preset_name']}`: NAFNet width {p['width']}, {p['iters']} iterations, batch {p['batch']} of "
         f"{p['patch']}x{p['patch']}, {p['num_train']} train / {p['num_val']} val generated pairs of size {p['size']}, "
-        f"seeds {p['seeds']}; mean ± std over seeds; {meta['seconds']:.0f} s on {meta['device']}. Blurry input: "
+        f"seeds {p['seeds']}, learning rate {p.get('lr') or demo.TEMPLATE['train']['optim_g']['lr']:g}"
+        + (f", stopped at iteration {meta['iters_reached']} (from the records)" if meta.get('iters_reached') else '')
+        + f"; mean ± std over seeds; {meta['seconds']:.0f} s on {meta['device']}. Blurry input: "
         f"PSNR {meta['input']['psnr']:.2f}, SSIM {meta['input']['ssim']:.4f}.", '',
         "| config | K' | PSNR overall (7a) | PSNR best single (7b) | PSNR worst | SSIM overall (7a) | "
         'SSIM best single (7b) | SSIM worst |',
@@ -106,7 +192,26 @@ def markdown(rows, meta):
         digits = {k: 2 if k.startswith('psnr') else 4 for k in METRIC_KEYS}
         cells = [f"{agg[k]['mean']:.{digits[k]}f} ± {agg[k]['std']:.{digits[k]}f}" for k in METRIC_KEYS]
         lines.append(f"| {row['label']} | {row['num_outputs']} | " + ' | '.join(cells) + ' |')
+    lines += curve_table(rows)
     return '\n'.join(lines) + '\n'
+
+
+def curve_table(rows):
+    """Markdown lines: mean over seeds of PSNR overall / best single head at every validation (training length)."""
+    iters = sorted({c['iter'] for row in rows for run in row['runs'] for c in run.get('curve', [])})
+    if len(iters) < 2:
+        return []
+    lines = ['', 'PSNR during training, mean over seeds, overall (7a) / best single head (7b), at iteration:', '',
+             '| config | ' + ' | '.join(str(i) for i in iters) + ' |', '| --- |' + ' ---: |' * len(iters)]
+    for row in rows:
+        cells = []
+        for it in iters:
+            points = [fill_single_head(dict(c), row['num_heads'], row['combine']) for run in row['runs']
+                      for c in run.get('curve', []) if c['iter'] == it]
+            cells.append(f"{statistics.fmean(p['psnr_overall'] for p in points):.2f} / "
+                         f"{statistics.fmean(p['psnr'] for p in points):.2f}" if points else '')
+        lines.append(f"| {row['label']} | " + ' | '.join(cells) + ' |')
+    return lines
 
 
 def plot(rows, path, title):
@@ -152,48 +257,27 @@ def parse_args(argv=None):
     parser.add_argument('--preset', choices=sorted(PRESETS), default='smoke')
     parser.add_argument('--seeds', default=None, help='comma-separated training seeds (default: the preset\'s)')
     parser.add_argument('--iters', type=int, default=None, help='override the preset\'s iterations')
-    parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: the idle cores)')
+    parser.add_argument('--ks', default=None, help='comma-separated K values (1 = the single-head baseline; '
+                        'default: the preset\'s)')
+    parser.add_argument('--lr', type=float, default=None, help='override the learning rate (default 1e-3)')
+    parser.add_argument('--jobs', type=int, default=None, help='runs at a time, each in its own process (default: '
+                        'the preset\'s, 1 on the CPU presets)')
+    parser.add_argument('--threads', type=int, default=None, help='CPU threads per run (default: the idle cores '
+                        'with --jobs 1, else 1)')
     parser.add_argument('--work', default=None, help='folder for data and experiments (default: a temp folder, '
                         'removed at the end unless --keep)')
     parser.add_argument('--keep', action='store_true', help='keep the work folder')
+    parser.add_argument('--summarize', default=None, metavar='RECORDS',
+                        help='only write the tables and the plot from a records file (e.g. of a run stopped early)')
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'))
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    """Run the ablation; returns 0."""
-    from basicsr_mh.data.gopro_synth import make_dataset
-    args = parse_args(argv)
-    preset = dict(PRESETS[args.preset])
-    if args.seeds:
-        preset['seeds'] = [int(s) for s in args.seeds.split(',')]
-    if args.iters:
-        preset['iters'] = args.iters
-    if preset['num_gpu'] and not torch.cuda.is_available():
-        raise SystemExit(f'--preset {args.preset} needs a CUDA device.')
-    threads = args.threads or demo.auto_threads()
-    torch.set_num_threads(threads)
-    work = args.work or tempfile.mkdtemp(prefix='basicsr_mh_quality_')
-    os.makedirs(work, exist_ok=True)
-    start = time.time()
-    data = make_dataset(os.path.join(work, 'data'), num_train=preset['num_train'], num_val=preset['num_val'],
-                        size=preset['size'], seed=0, progress=False, workers=2)
-    rows = []
-    inputs = input_scores(data)
-    try:
-        for label, num_heads, combine in configurations(preset['ks']):
-            runs = [run_one(work, data, preset, label, num_heads, combine, seed) for seed in preset['seeds']]
-            rows.append({'label': label, 'num_heads': num_heads, 'combine': combine,
-                         'num_outputs': runs[0]['num_outputs'], 'runs': runs, 'aggregate': aggregate(runs)})
-    finally:
-        if not args.keep and not args.work:
-            shutil.rmtree(work, ignore_errors=True)
-    device = torch.cuda.get_device_name() if preset['num_gpu'] else f'CPU ({threads} thread(s))'
-    meta = {'preset_name': args.preset, 'preset': preset, 'seconds': time.time() - start, 'device': device,
-            'torch': torch.__version__, 'input': inputs}
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f'quality_{args.preset}')
-    meta['plot'] = plot(rows, stem + '.png', f"Fig. 5 ablation ({args.preset}): PSNR vs heads")
+def write_results(rows, meta, out):
+    """Write ``quality_<preset>.json``, ``.md`` and ``.png`` under ``out``; print the Markdown."""
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, f"quality_{meta['preset_name']}")
+    meta['plot'] = plot(rows, stem + '.png', f"Fig. 5 ablation ({meta['preset_name']}): PSNR vs heads")
     with open(stem + '.json', 'w') as f:
         json.dump({'meta': meta, 'rows': rows}, f, indent=1)
         f.write('\n')
@@ -201,6 +285,50 @@ def main(argv=None):
     with open(stem + '.md', 'w') as f:
         f.write(text)
     print(text)
+
+
+def main(argv=None):
+    """Run the ablation (or summarize a records file); returns 0."""
+    from basicsr_mh.data.gopro_synth import make_dataset
+    args = parse_args(argv)
+    if args.summarize:
+        rows, meta = rows_from_records(args.summarize)
+        write_results(rows, meta, args.out)
+        return 0
+    preset = dict(PRESETS[args.preset])
+    if args.seeds:
+        preset['seeds'] = [int(s) for s in args.seeds.split(',')]
+    if args.ks:
+        preset['ks'] = [int(k) for k in args.ks.split(',')]
+    if args.iters:
+        preset['iters'] = args.iters
+    if args.lr:
+        preset['lr'] = args.lr
+    if preset['num_gpu'] and not torch.cuda.is_available():
+        raise SystemExit(f'--preset {args.preset} needs a CUDA device.')
+    jobs = args.jobs or preset.get('jobs', 1)
+    threads = args.threads or (demo.auto_threads() if jobs == 1 else 1)
+    torch.set_num_threads(threads)
+    work = args.work or tempfile.mkdtemp(prefix='basicsr_mh_quality_')
+    os.makedirs(work, exist_ok=True)
+    os.makedirs(args.out, exist_ok=True)
+    start = time.time()
+    data = make_dataset(os.path.join(work, 'data'), num_train=preset['num_train'], num_val=preset['num_val'],
+                        size=preset['size'], seed=0, progress=False, workers=max(2, min(16, os.cpu_count() or 2)))
+    print(f'data: {time.time() - start:.0f} s', flush=True)
+    device = torch.cuda.get_device_name() if preset['num_gpu'] else f'CPU ({threads} thread(s) per run)'
+    meta = {'preset_name': args.preset, 'preset': preset, 'device': device, 'jobs': jobs, 'torch': torch.__version__,
+            'input': input_scores(data)}
+    records = os.path.join(args.out, f'quality_{args.preset}.records.jsonl')
+    with open(records, 'w') as f:
+        f.write(json.dumps({'meta': dict(meta, seconds=0.0)}) + '\n')
+    try:
+        rows = run_all(work, data, preset, records, jobs, threads)
+    finally:
+        if not args.keep and not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    meta['seconds'] = time.time() - start
+    write_results(rows, meta, args.out)
     return 0
 
 

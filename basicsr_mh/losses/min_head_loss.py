@@ -79,6 +79,18 @@ class MinHeadLoss(nn.Module):
                 return reduce(dim=tuple(range(1, elementwise.dim())))
         return torch.stack([self.inner(pred[n:n + 1], target[n:n + 1]) for n in range(pred.shape[0])])
 
+    def per_head_losses(self, pred, target):
+        """Inner loss of every sample and head: (B, K', C, H, W), (B, C, H, W) -> (B, K').
+
+        One batched call of :meth:`per_sample` on the B*K' images (fewer kernel launches than a loop over heads);
+        a loss without a per-sample form (computed sample by sample anyway) keeps the loop over heads.
+        """
+        b, k = pred.shape[:2]
+        if not hasattr(self.inner, 'per_sample') and self._elementwise is None:
+            return torch.stack([self.per_sample(pred[:, i], target) for i in range(k)], dim=1)
+        flat_target = target.unsqueeze(1).expand_as(pred).reshape(b * k, *target.shape[1:])
+        return self.per_sample(pred.reshape(b * k, *pred.shape[2:]), flat_target).view(b, k)
+
     def forward(self, pred, target, **kwargs):
         """(B, K', C, H, W), (B, C, H, W) -> scalar; 4-D ``pred`` -> the inner loss."""
         if pred.dim() == 4:
@@ -89,7 +101,7 @@ class MinHeadLoss(nn.Module):
             raise ValueError(f'MinHeadLoss: pred must be (B, K, C, H, W) matching target (B, C, H, W); got '
                              f'{tuple(pred.shape)} and {tuple(target.shape)}.')
         with torch.no_grad():
-            losses = torch.stack([self.per_sample(pred[:, k], target) for k in range(pred.shape[1])], dim=1)
+            losses = self.per_head_losses(pred, target)
             winners = losses.argmin(dim=1)
         chosen = pred[torch.arange(pred.shape[0], device=pred.device), winners]
         values = self.per_sample(chosen, target)
