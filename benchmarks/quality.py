@@ -33,7 +33,7 @@ PRESETS = {
                   ks=[1, 2, 3, 4, 5], num_gpu=0),
     'small': dict(width=16, iters=600, batch=4, patch=64, num_train=96, num_val=12, size=128, val_points=3,
                   seeds=[0, 1, 2], ks=[1, 2, 3, 4, 5], num_gpu=0),
-    'gpu': dict(width=32, iters=4000, batch=8, patch=128, num_train=400, num_val=40, size=256, val_points=4,
+    'gpu': dict(width=32, iters=1500, batch=8, patch=128, num_train=400, num_val=40, size=256, val_points=3,
                 seeds=[0, 1, 2], ks=[1, 4], num_gpu=1, workers=2, jobs=9),
     'full': dict(width=32, iters=20000, batch=8, patch=256, num_train=800, num_val=100, size=(360, 640), val_points=4,
                  seeds=[0, 1, 2], ks=[1, 2, 3, 4, 5], num_gpu=1, enc_blk_nums=[1, 1, 1, 28], workers=4),

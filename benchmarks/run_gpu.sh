@@ -4,7 +4,8 @@
 #   2. benchmarks/quality.py --preset gpu (single-head vs K = 4 vs MH-C, 3 seeds, runs in parallel on the GPU),
 #   3. benchmarks/speed.py --device cuda (step time, peak memory and validation time ratios; --reference when
 #      .ref/NAFNet-main holds the paper's reference code).
-# Each part has its own time limit (seconds: TEST_S, QUALITY_S, SPEED_S) and the next part runs whatever the last did.
+# Each part has its own time limit (seconds: TEST_S, QUALITY_S, SPEED_S) and the next part runs whatever the last did;
+# PARTS (default "tests quality speed") chooses the parts; QUALITY_ARGS adds arguments to quality.py.
 # When quality.py is stopped by its limit, its tables are written from the validations it recorded.
 # Results and one log (run.log) go to $OUT (default benchmarks/results/gpu).
 # Usage, from the repository root: OUT=/some/dir bash benchmarks/run_gpu.sh
@@ -22,10 +23,14 @@ fi
 python3 -c 'import torch, basicsr_mh, basicsr; print("torch", torch.__version__, "basicsr", basicsr.__version__)' \
     2>&1 | tee -a "$LOG"
 
+PARTS=${PARTS:-tests quality speed}
+if [[ " $PARTS " == *" tests "* ]]; then
 echo "== 1. CUDA tests" | tee -a "$LOG"
 timeout "${TEST_S:-100}" python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_metrics.py -k cuda \
     2>&1 | tee -a "$LOG" | tail -n 5
+fi
 
+if [[ " $PARTS " == *" quality "* ]]; then
 echo "== 2. quality.py --preset gpu" | tee -a "$LOG"
 timeout "${QUALITY_S:-300}" python3 benchmarks/quality.py --preset gpu --out "$OUT" ${QUALITY_ARGS:-} 2>&1 \
     | tee -a "$LOG" | grep -v '^  \[' | tail -n 40
@@ -33,10 +38,13 @@ if [ ! -f "$OUT/quality_gpu.md" ] && [ -f "$OUT/quality_gpu.records.jsonl" ]; th
     echo "quality.py stopped by its limit: tables from the recorded validations" | tee -a "$LOG"
     python3 benchmarks/quality.py --summarize "$OUT/quality_gpu.records.jsonl" --out "$OUT" 2>&1 | tee -a "$LOG"
 fi
+fi
 
+if [[ " $PARTS " == *" speed "* ]]; then
 echo "== 3. speed.py --device cuda" | tee -a "$LOG"
 REF=()
 [ -f .ref/NAFNet-main/basicsr/models/archs/MHNAFNet_arch.py ] && REF=(--reference .ref)
 timeout "${SPEED_S:-170}" python3 benchmarks/speed.py --device cuda --repeats 5 --steps 3 --memory-repeats 1 \
     "${REF[@]}" --out "$OUT" 2>&1 | tee -a "$LOG"
+fi
 date | tee -a "$LOG"

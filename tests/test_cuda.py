@@ -37,7 +37,10 @@ def _pair(seed, shape=(2, 3, 32, 32)):
     dict(type='Restormer', dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1],
          num_heads=2, combine=False),
 ])
-def test_forward_and_gradients_match_cpu(net_opt):
+def test_forward_and_gradients_match_cpu(net_opt, monkeypatch):
+    # TF32 convolutions/matmuls (the default on Ampere and later) round to 10 mantissa bits; compare in full FP32
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
     torch.manual_seed(0)
     net_cpu = _build(net_opt).eval()
     net_gpu = copy.deepcopy(net_cpu).cuda()
