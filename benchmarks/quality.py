@@ -64,6 +64,7 @@ def run_one(work, data, preset, label, num_heads, combine, seed):
     final['curve'] = [dict(c) for c in curve]
     fill_single_head(final, num_heads, combine)
     final['seconds'] = seconds
+    final['seed'] = seed
     final['num_outputs'] = num_heads * (num_heads + 1) // 2 if combine else num_heads
     return final
 
@@ -192,8 +193,43 @@ def markdown(rows, meta):
         digits = {k: 2 if k.startswith('psnr') else 4 for k in METRIC_KEYS}
         cells = [f"{agg[k]['mean']:.{digits[k]}f} ± {agg[k]['std']:.{digits[k]}f}" for k in METRIC_KEYS]
         lines.append(f"| {row['label']} | {row['num_outputs']} | " + ' | '.join(cells) + ' |')
+    lines += gain_table(rows)
     lines += curve_table(rows)
     return '\n'.join(lines) + '\n'
+
+
+#: The paper's gains of NAFNet-width64 MH-C over its single-head baseline on GoPro (dB): overall (7a), best head (7b).
+PAPER_GAINS = (0.11, 0.04)
+
+
+def paired_gains(rows, key):
+    """Per configuration, the PSNR gain over the single-head run with the same seed: ``{label: [gain per seed]}``."""
+    base = next((r for r in rows if r['num_heads'] == 1 and not r['combine']), None)
+    if base is None:
+        return {}
+    base_by_seed = {run.get('seed'): run['psnr'] for run in base['runs']}
+    return {row['label']: [run[key] - base_by_seed[run.get('seed')] for run in row['runs']
+                           if run.get('seed') in base_by_seed] for row in rows if row is not base}
+
+
+def gain_table(rows):
+    """Markdown lines: gain over the single-head baseline, paired by seed (mean ± std), against the paper's."""
+    overall, single = paired_gains(rows, 'psnr_overall'), paired_gains(rows, 'psnr')
+    if not overall or not any(overall.values()):
+        return []
+
+    def cell(values):
+        if not values:
+            return ''
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.fmean(values):+.3f} ± {std:.3f} ({', '.join(f'{v:+.2f}' for v in values)})"
+
+    lines = ['', f'PSNR gain over the single-head run with the same seed (dB; mean ± std over seeds, then each seed); '
+             f'the paper: +{PAPER_GAINS[0]} overall, +{PAPER_GAINS[1]} best single head:', '',
+             '| config | gain overall (7a) | gain best single head (7b) |', '| --- | ---: | ---: |']
+    for label in overall:
+        lines.append(f'| {label} | {cell(overall[label])} | {cell(single[label])} |')
+    return lines
 
 
 def curve_table(rows):

@@ -25,26 +25,26 @@ python3 -c 'import torch, basicsr_mh, basicsr; print("torch", torch.__version__,
 
 PARTS=${PARTS:-tests quality speed}
 if [[ " $PARTS " == *" tests "* ]]; then
-echo "== 1. CUDA tests" | tee -a "$LOG"
-timeout "${TEST_S:-100}" python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_metrics.py -k cuda \
-    2>&1 | tee -a "$LOG" | tail -n 5
+    echo "== 1. CUDA tests" | tee -a "$LOG"
+    timeout "${TEST_S:-100}" python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_metrics.py -k cuda \
+        2>&1 | tee -a "$LOG" | tail -n 5
 fi
 
 if [[ " $PARTS " == *" quality "* ]]; then
-echo "== 2. quality.py --preset gpu" | tee -a "$LOG"
-timeout "${QUALITY_S:-300}" python3 benchmarks/quality.py --preset gpu --out "$OUT" ${QUALITY_ARGS:-} 2>&1 \
-    | tee -a "$LOG" | grep -v '^  \[' | tail -n 40
-if [ ! -f "$OUT/quality_gpu.md" ] && [ -f "$OUT/quality_gpu.records.jsonl" ]; then
-    echo "quality.py stopped by its limit: tables from the recorded validations" | tee -a "$LOG"
-    python3 benchmarks/quality.py --summarize "$OUT/quality_gpu.records.jsonl" --out "$OUT" 2>&1 | tee -a "$LOG"
-fi
+    echo "== 2. quality.py --preset gpu" | tee -a "$LOG"
+    timeout "${QUALITY_S:-420}" python3 benchmarks/quality.py --preset gpu --out "$OUT" ${QUALITY_ARGS:-} 2>&1 \
+        | tee -a "$LOG" | grep -v '^  \[' | tail -n 40
+    if [ ! -f "$OUT/quality_gpu.md" ] && [ -f "$OUT/quality_gpu.records.jsonl" ]; then
+        echo "quality.py stopped by its limit: tables from the recorded validations" | tee -a "$LOG"
+        python3 benchmarks/quality.py --summarize "$OUT/quality_gpu.records.jsonl" --out "$OUT" 2>&1 | tee -a "$LOG"
+    fi
 fi
 
 if [[ " $PARTS " == *" speed "* ]]; then
-echo "== 3. speed.py --device cuda" | tee -a "$LOG"
-REF=()
-[ -f .ref/NAFNet-main/basicsr/models/archs/MHNAFNet_arch.py ] && REF=(--reference .ref)
-timeout "${SPEED_S:-170}" python3 benchmarks/speed.py --device cuda --repeats 5 --steps 3 --memory-repeats 1 \
-    "${REF[@]}" --out "$OUT" 2>&1 | tee -a "$LOG"
+    echo "== 3. speed.py --device cuda" | tee -a "$LOG"
+    REF=()
+    [ -f .ref/NAFNet-main/basicsr/models/archs/MHNAFNet_arch.py ] && REF=(--reference .ref)
+    timeout "${SPEED_S:-170}" python3 benchmarks/speed.py --device cuda --repeats 5 --steps 3 --memory-repeats 1 \
+        "${REF[@]}" --out "$OUT" 2>&1 | tee -a "$LOG"
 fi
 date | tee -a "$LOG"
