@@ -9,11 +9,19 @@ generator settings, seed 0, never tuned for the method). Each configuration is t
 best single head (Eq. 7b) and worst head. Reported: mean and sample standard deviation over seeds.
 
 Presets: ``smoke`` (~5 minutes on 2 CPU cores: width 8, 300 iterations, 2 seeds; shows that it runs, too short to rank),
-``small`` (under an hour on 2 CPU cores: width 16, 600 iterations, 3 seeds), ``full`` (GPU: NAFNet-width32,
-batch 8 of 256x256, 20000 iterations, 3 seeds; hours).
+``small`` (about an hour on 2 CPU cores: width 16, 600 iterations, 3 seeds, K = 1..5 with and without combine),
+``gpu`` (one GPU, about 6 minutes: NAFNet width 32, batch 8 of 128x128, 1500 iterations, 3 seeds, single-head vs
+K = 4 vs MH-C, the 9 runs in parallel processes; on an H200 with 16 CPU cores each run made 5-9 iterations/s),
+``full`` (GPU: NAFNet-width32 of the paper, batch 8 of 256x256, 20000 iterations, 3 seeds, K = 1..5; many hours).
 
-Writes ``benchmarks/results/quality_<preset>.json``, ``.md`` and ``.png`` (matplotlib with the Agg backend when it
-is installed, else a cv2 drawing). Usage: ``python benchmarks/quality.py --preset smoke [--seeds 0,1] [--keep]``
+Every validation of every run is appended to ``quality_<preset>.records.jsonl`` as it happens; ``--summarize
+RECORDS`` writes the tables from such a file, using the last iteration that every run reached (for a run stopped by
+a time limit). Besides mean ± std per configuration, the tables give each configuration's gain over the single-head
+run with the same seed (paired) next to the paper's margins, and the PSNR at every validation (training length).
+
+Writes ``benchmarks/results/quality_<preset>.json``, ``.md``, ``.png`` (matplotlib with the Agg backend when it
+is installed, else a cv2 drawing) and ``.records.jsonl``. Usage: ``python benchmarks/quality.py --preset smoke
+[--seeds 0,1] [--ks 1,4] [--iters N] [--lr X] [--jobs N] [--keep]``; ``--summarize RECORDS``.
 """
 import argparse
 import json

@@ -356,6 +356,25 @@ def test_layernorm2d_values_and_gradients():
         lambda inp, w, b: torch.func.functional_call(ln64, {'weight': w, 'bias': b}, (inp, )), (x64, weight, bias))
 
 
+def test_layernorm2d_backward_equals_autograd_of_the_plain_ops():
+    torch.manual_seed(1)
+    ln = LayerNorm2d(16)
+    with torch.no_grad():
+        ln.weight.normal_(1.0, 0.3)
+        ln.bias.normal_(0.0, 0.3)
+    x = (3 * torch.randn(2, 16, 9, 7) + 1).requires_grad_(True)
+    grad_out = torch.randn(2, 16, 9, 7)
+    ln(x).backward(grad_out)
+    x_plain = x.detach().clone().requires_grad_(True)
+    w, b = ln.weight.detach().clone().requires_grad_(True), ln.bias.detach().clone().requires_grad_(True)
+    centered = x_plain - x_plain.mean(1, keepdim=True)
+    y = centered / (centered.pow(2).mean(1, keepdim=True) + 1e-6).sqrt()
+    (w.view(1, -1, 1, 1) * y + b.view(1, -1, 1, 1)).backward(grad_out)
+    torch.testing.assert_close(x.grad, x_plain.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ln.weight.grad, w.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(ln.bias.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+
 def test_simple_gate():
     x = torch.randn(2, 6, 4, 5)
     out = SimpleGate()(x)
