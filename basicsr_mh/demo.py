@@ -114,6 +114,8 @@ def make_options(name, data, preset, num_heads, combine, seed):
 def record_validations(store, progress=None):
     """Within the block, append ``dict(iter=..., **model.metric_results)`` to ``store`` after every validation.
 
+    Multi-head runs add ``win_h{k}``: the share of training samples head ``k`` won since the last log line.
+
     Patches :meth:`MultiHeadImageRestorationModel._log_validation_metric_values` (called once per validation with
     the finished results) and restores it on exit. ``progress(record)`` is called after each append.
     """
@@ -122,6 +124,8 @@ def record_validations(store, progress=None):
 
     def hook(self, current_iter, dataset_name, tb_logger):
         record = dict(iter=int(current_iter), **{k: float(v) for k, v in self.metric_results.items()})
+        if getattr(self, 'num_outputs', 1) > 1:  # share of training samples each head won since the last log line
+            record.update({f'win_h{k}': rate for k, rate in enumerate(self.head_win_rates(reset=False).tolist())})
         store.append(record)
         if progress is not None:
             progress(record)

@@ -193,17 +193,24 @@ def markdown(rows, meta):
         + f"; mean ± std over seeds; {meta['seconds']:.0f} s on {meta['device']}. Blurry input: "
         f"PSNR {meta['input']['psnr']:.2f}, SSIM {meta['input']['ssim']:.4f}.", '',
         "| config | K' | PSNR overall (7a) | PSNR best single (7b) | PSNR worst | SSIM overall (7a) | "
-        'SSIM best single (7b) | SSIM worst |',
-        '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+        'SSIM best single (7b) | SSIM worst | top head\'s wins |',
+        '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ]
     for row in rows:
         agg = row['aggregate']
         digits = {k: 2 if k.startswith('psnr') else 4 for k in METRIC_KEYS}
         cells = [f"{agg[k]['mean']:.{digits[k]}f} ± {agg[k]['std']:.{digits[k]}f}" for k in METRIC_KEYS]
-        lines.append(f"| {row['label']} | {row['num_outputs']} | " + ' | '.join(cells) + ' |')
+        lines.append(f"| {row['label']} | {row['num_outputs']} | " + ' | '.join(cells) + f' | {top_win_rate(row)} |')
     lines += gain_table(rows)
     lines += curve_table(rows)
     return '\n'.join(lines) + '\n'
+
+
+def top_win_rate(row):
+    """Mean over seeds of the largest head's share of training samples at the last validation ('' if unknown)."""
+    tops = [max(v for k, v in run.items() if k.startswith('win_h')) for run in row['runs']
+            if any(k.startswith('win_h') for k in run)]
+    return f'{statistics.fmean(tops):.0%}' if tops else ''
 
 
 #: The paper's gains of NAFNet-width64 MH-C over its single-head baseline on GoPro (dB): overall (7a), best head (7b).

@@ -33,8 +33,8 @@ def records(tmp_path):
              _record('single-head', 1, False, 0, 10, 21.0), _record('single-head', 1, False, 1, 10, 23.0),
              _record('single-head', 1, False, 0, 20, 25.0, elapsed=9.0),
              _record('single-head', 1, False, 1, 20, 26.0, elapsed=9.5),
-             _record('K=2 +combine', 2, True, 0, 10, 22.0, 22.5, 18.0),
-             _record('K=2 +combine', 2, True, 1, 10, 24.0, 24.5, 19.0)]
+             dict(_record('K=2 +combine', 2, True, 0, 10, 22.0, 22.5, 18.0), win_h0=0.6, win_h1=0.3, win_h2=0.1),
+             dict(_record('K=2 +combine', 2, True, 1, 10, 24.0, 24.5, 19.0), win_h0=0.2, win_h1=0.8, win_h2=0.0)]
     path = tmp_path / 'quality_unit.records.jsonl'
     path.write_text(''.join(json.dumps(line) + '\n' for line in lines))
     return path
@@ -61,7 +61,7 @@ def test_summarize_writes_tables_and_plot(quality, records, tmp_path):
     assert quality.main(['--summarize', str(records), '--out', str(out)]) == 0
     text = (out / 'quality_unit.md').read_text()
     assert 'stopped at iteration 10 (from the records)' in text
-    assert '| K=2 +combine | 3 | 23.50 ± 1.41 | 23.00 ± 1.41 | 18.50 ± 0.71 |' in text
+    assert '| K=2 +combine | 3 | 23.50 ± 1.41 | 23.00 ± 1.41 | 18.50 ± 0.71 | 0.6000 ± 0.0000 | 0.5000 ± 0.0000 | 0.4000 ± 0.0000 | 70% |' in text
     # gains paired by seed (same seed, same iteration)
     assert '| K=2 +combine | +1.500 ± 0.000 (+1.50, +1.50) | +1.000 ± 0.000 (+1.00, +1.00) |' in text
     # the training-length table: mean over seeds at each validation, overall / best single head
