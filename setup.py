@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Packaging for basicsr-mh: the multi-output deblurring plugin for BasicSR."""
-import os
 from setuptools import find_packages, setup
+
+import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -3,6 +3,7 @@
 Importing this package first fixes BasicSR 1.4.2's import on current torchvision (:mod:`basicsr_mh.compat`), then
 imports the architectures, losses, models and datasets so that they register into BasicSR's registries.
 """
+# isort: skip_file  (compat must be imported before anything that imports basicsr)
 from . import compat  # noqa: F401  (must come before anything that imports basicsr)
 from .version import __version__  # noqa: F401
 from . import archs  # noqa: F401,E402

@@ -9,19 +9,19 @@ import argparse
 import os
 import random
 import torch
-from os import path as osp
-
 from basicsr.utils import set_random_seed
 from basicsr.utils.dist_util import get_dist_info
 from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
+from os import path as osp
 
 from .options import upgrade_options
 
 
 def build_parser(prog, is_train):
     """The argparse parser of ``basicsr-mh train`` / ``test`` (BasicSR's flags)."""
-    parser = argparse.ArgumentParser(prog=prog, description=('Train' if is_train else 'Test') +
-                                     ' a BasicSR model (multi-head aware) from an option YAML file.')
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=('Train' if is_train else 'Test') + ' a BasicSR model (multi-head aware) from an option YAML file.')
     parser.add_argument('-opt', type=str, required=True, help='Path to option YAML file.')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
     parser.add_argument('--auto_resume', action='store_true', help='resume from the latest training state')
@@ -164,7 +164,6 @@ def setup_root_logger(log_file):
     """BasicSR's root logger writing to ``log_file`` (rank 0), also when it was already set up without a file
     (the pre-flight check logs before the experiment folder exists) or for an earlier run in this process."""
     import logging
-
     from basicsr.utils import get_root_logger
     from basicsr.utils.logger import initialized_logger
     was_initialized = 'basicsr' in initialized_logger

@@ -19,14 +19,13 @@ minutes on 2 CPU cores; ``--quick`` (width 8, 20 iterations) takes seconds and i
 import argparse
 import contextlib
 import copy
+import cv2
 import json
 import logging
+import numpy as np
 import os
 import sys
 import time
-
-import cv2
-import numpy as np
 import torch
 import yaml
 
@@ -40,39 +39,95 @@ TEMPLATE = {
     'manual_seed': None,
     'datasets': {
         'train': {
-            'name': 'demo-train', 'type': 'PairedImageDataset', 'dataroot_gt': None, 'dataroot_lq': None,
-            'filename_tmpl': '{}', 'io_backend': {'type': 'disk'}, 'gt_size': None, 'use_hflip': True,
-            'use_rot': True, 'use_shuffle': True, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': None,
-            'dataset_enlarge_ratio': 100, 'prefetch_mode': None
+            'name': 'demo-train',
+            'type': 'PairedImageDataset',
+            'dataroot_gt': None,
+            'dataroot_lq': None,
+            'filename_tmpl': '{}',
+            'io_backend': {
+                'type': 'disk'
+            },
+            'gt_size': None,
+            'use_hflip': True,
+            'use_rot': True,
+            'use_shuffle': True,
+            'num_worker_per_gpu': 0,
+            'batch_size_per_gpu': None,
+            'dataset_enlarge_ratio': 100,
+            'prefetch_mode': None
         },
         'val': {
-            'name': 'demo-val', 'type': 'PairedImageDataset', 'dataroot_gt': None, 'dataroot_lq': None,
-            'io_backend': {'type': 'disk'}
+            'name': 'demo-val',
+            'type': 'PairedImageDataset',
+            'dataroot_gt': None,
+            'dataroot_lq': None,
+            'io_backend': {
+                'type': 'disk'
+            }
         },
     },
     'network_g': {
-        'type': 'NAFNet', 'img_channel': 3, 'width': None, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1, 1, 1],
+        'type': 'NAFNet',
+        'img_channel': 3,
+        'width': None,
+        'middle_blk_num': 1,
+        'enc_blk_nums': [1, 1, 1, 1],
         'dec_blk_nums': [1, 1, 1, 1]
     },
-    'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+    'path': {
+        'pretrain_network_g': None,
+        'strict_load_g': True,
+        'resume_state': None
+    },
     'train': {
-        'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'weight_decay': 1e-3, 'betas': [0.9, 0.9]},
-        'scheduler': {'type': 'TrueCosineAnnealingLR', 'T_max': None, 'eta_min': 1e-6},
+        'optim_g': {
+            'type': 'AdamW',
+            'lr': 1e-3,
+            'weight_decay': 1e-3,
+            'betas': [0.9, 0.9]
+        },
+        'scheduler': {
+            'type': 'TrueCosineAnnealingLR',
+            'T_max': None,
+            'eta_min': 1e-6
+        },
         'total_iter': None,
         'warmup_iter': -1,
-        'pixel_opt': {'type': 'PSNRLoss', 'loss_weight': 1, 'reduction': 'mean'},  # MinHeadLoss-wrapped for MH-C
+        'pixel_opt': {
+            'type': 'PSNRLoss',
+            'loss_weight': 1,
+            'reduction': 'mean'
+        },  # MinHeadLoss-wrapped for MH-C
     },
     'val': {
         'val_freq': None,
         'save_img': False,
         'metrics': {
-            'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
-            'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': False},
+            'psnr': {
+                'type': 'calculate_psnr',
+                'crop_border': 0,
+                'test_y_channel': False
+            },
+            'ssim': {
+                'type': 'calculate_ssim',
+                'crop_border': 0,
+                'test_y_channel': False
+            },
         },
     },
-    'logger': {'print_freq': None, 'save_checkpoint_freq': None, 'use_tb_logger': False,
-               'wandb': {'project': None, 'resume_id': None}},
-    'dist_params': {'backend': 'nccl', 'port': 29500},
+    'logger': {
+        'print_freq': None,
+        'save_checkpoint_freq': None,
+        'use_tb_logger': False,
+        'wandb': {
+            'project': None,
+            'resume_id': None
+        }
+    },
+    'dist_params': {
+        'backend': 'nccl',
+        'port': 29500
+    },
 }
 
 #: Sizes of a run. ``default``: measured ~0.13-0.16 s per training step per model on 2 busy CPU cores.
@@ -97,8 +152,11 @@ def make_options(name, data, preset, num_heads, combine, seed):
     val_freq = max(1, iters // max(1, preset['val_points']))
     opt.update(name=name, manual_seed=int(seed))
     train, val = opt['datasets']['train'], opt['datasets']['val']
-    train.update(dataroot_gt=data['train']['gt'], dataroot_lq=data['train']['lq'], gt_size=preset['patch'],
-                 batch_size_per_gpu=preset['batch'])
+    train.update(
+        dataroot_gt=data['train']['gt'],
+        dataroot_lq=data['train']['lq'],
+        gt_size=preset['patch'],
+        batch_size_per_gpu=preset['batch'])
     val.update(dataroot_gt=data['val']['gt'], dataroot_lq=data['val']['lq'])
     opt['network_g']['width'] = preset['width']
     if num_heads > 1 or combine:
@@ -161,9 +219,11 @@ def train_one(out, opt, verbose, label):
     start = time.time()
 
     def progress(record):
-        print(f"  [{label}] iter {record['iter']:>5}/{total}  PSNR {record['psnr']:.2f} dB"
-              + (f"  (overall {record['psnr_overall']:.2f})" if 'psnr_overall' in record else '')
-              + f'  {time.time() - start:.0f} s', flush=True)
+        print(
+            f"  [{label}] iter {record['iter']:>5}/{total}  PSNR {record['psnr']:.2f} dB" +
+            (f"  (overall {record['psnr_overall']:.2f})" if 'psnr_overall' in record else '') +
+            f'  {time.time() - start:.0f} s',
+            flush=True)
 
     console = os.path.join(opt_dir, f"{opt['name']}.console.log")
     with open(console, 'w') as stream:
@@ -267,8 +327,8 @@ def line_plot(series, path, title, xlabel, ylabel, size=(720, 420)):
         xv = x0 + (x1 - x0) * k / 5
         cv2.line(canvas, px(x0, yv), px(x1, yv), grey, 1)
         cv2.putText(canvas, f'{yv:.2f}', (4, px(x0, yv)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, black, 1, cv2.LINE_AA)
-        cv2.putText(canvas, f'{xv:g}', (px(xv, y0)[0] - 12, height - bottom + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                    black, 1, cv2.LINE_AA)
+        cv2.putText(canvas, f'{xv:g}', (px(xv, y0)[0] - 12, height - bottom + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, black,
+                    1, cv2.LINE_AA)
     cv2.rectangle(canvas, px(x0, y1), px(x1, y0), black, 1)
     for n, (label, sx, sy, rgb) in enumerate(series):
         bgr = tuple(int(c) for c in rgb[::-1])
@@ -281,8 +341,7 @@ def line_plot(series, path, title, xlabel, ylabel, size=(720, 420)):
         cv2.line(canvas, (left + 10, ly - 4), (left + 34, ly - 4), bgr, 2, cv2.LINE_AA)
         cv2.putText(canvas, label, (left + 40, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.45, black, 1, cv2.LINE_AA)
     cv2.putText(canvas, title, (left, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.55, black, 1, cv2.LINE_AA)
-    cv2.putText(canvas, xlabel, (width // 2 - 30, height - 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, black, 1,
-                cv2.LINE_AA)
+    cv2.putText(canvas, xlabel, (width // 2 - 30, height - 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, black, 1, cv2.LINE_AA)
     cv2.putText(canvas, ylabel, (4, top - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, black, 1, cv2.LINE_AA)
     write_png(path, cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB))
 
@@ -299,7 +358,8 @@ def report_markdown(info):
     best = int(mh['best_head'])
     p = info['preset']
     lines = [
-        '# basicsr-mh demo report', '',
+        '# basicsr-mh demo report',
+        '',
         f"NAFNet width {p['width']} (enc/dec blocks [1, 1, 1, 1], middle 1), {p['iters']} iterations, batch "
         f"{p['batch']} of {p['patch']}x{p['patch']} crops, AdamW 1e-3 with cosine decay, PSNRLoss, seed "
         f"{info['seed']}, CPU. Both runs use the same seed, data order and iterations; MH-C adds `num_heads: "
@@ -307,9 +367,12 @@ def report_markdown(info):
         f"Data: `{info['data_root']}` - {p['num_train']} train / {p['num_val']} validation GoPro-style pairs of "
         f"{p['size']}x{p['size']} from scikit-image photos (`basicsr_mh.data.gopro_synth`).",
         f"Training time: single-head {info['seconds']['single']:.0f} s, MH-C {info['seconds']['mhc']:.0f} s; "
-        f"whole demo {info['seconds']['total']:.0f} s ({info['threads']} CPU thread(s)).", '',
-        '## Validation (PSNR in dB, SSIM; BasicSR metrics on uint8 RGB images)', '',
-        '| model / output | PSNR | SSIM |', '| --- | ---: | ---: |',
+        f"whole demo {info['seconds']['total']:.0f} s ({info['threads']} CPU thread(s)).",
+        '',
+        '## Validation (PSNR in dB, SSIM; BasicSR metrics on uint8 RGB images)',
+        '',
+        '| model / output | PSNR | SSIM |',
+        '| --- | ---: | ---: |',
         f"| blurry input | {_fmt(info['input']['psnr'], 2)} | {_fmt(info['input']['ssim'], 4)} |",
         f"| single-head baseline | {_fmt(single['psnr'], 2)} | {_fmt(single['ssim'], 4)} |",
         f"| MH-C overall, Eq. 7a (each image's best head) | {_fmt(mh['psnr_overall'], 2)} | "
@@ -317,8 +380,13 @@ def report_markdown(info):
         f"| MH-C best single head, Eq. 7b ({head_pair_name(best, NUM_HEADS, COMBINE)}) | {_fmt(mh['psnr'], 2)} | "
         f"{_fmt(mh['ssim'], 4)} |",
         f"| MH-C worst (each image's worst head) | {_fmt(mh['psnr_worst'], 2)} | {_fmt(mh['ssim_worst'], 4)} |",
-        '', '(Eq. 7b reports each metric\'s own best single head; the SSIM row uses the SSIM-best head.)', '',
-        '### MH-C per head', '', '| head (pair) | PSNR | SSIM |', '| --- | ---: | ---: |',
+        '',
+        '(Eq. 7b reports each metric\'s own best single head; the SSIM row uses the SSIM-best head.)',
+        '',
+        '### MH-C per head',
+        '',
+        '| head (pair) | PSNR | SSIM |',
+        '| --- | ---: | ---: |',
     ]
     k = 0
     while f'psnr_h{k}' in mh:
@@ -327,20 +395,30 @@ def report_markdown(info):
                      f"{_fmt(mh[f'ssim_h{k}'], 4)} |")
         k += 1
     lines += [
-        '', '## Validation curve', '', '![PSNR vs iteration](curve.png)', '',
-        f"## Pictures (validation image `{info['picture']['name']}`)", '',
-        '![overview](overview.png)', '',
-        '| file | what |', '| --- | --- |',
-        '| `blurry.png` | input |', '| `sharp.png` | ground truth |',
+        '',
+        '## Validation curve',
+        '',
+        '![PSNR vs iteration](curve.png)',
+        '',
+        f"## Pictures (validation image `{info['picture']['name']}`)",
+        '',
+        '![overview](overview.png)',
+        '',
+        '| file | what |',
+        '| --- | --- |',
+        '| `blurry.png` | input |',
+        '| `sharp.png` | ground truth |',
         f"| `single_head.png` | single-head output ({_fmt(info['picture']['single_psnr'], 2)} dB) |",
         f"| `best_head.png` | MH-C best single head {head_pair_name(best, NUM_HEADS, COMBINE)} "
         f"({_fmt(info['picture']['best_psnr'], 2)} dB; this image's best head is "
         f"{head_pair_name(info['picture']['image_best'], NUM_HEADS, COMBINE)} at "
         f"{_fmt(info['picture']['image_best_psnr'], 2)} dB) |",
         '| `heads_heatmap.png` | paper Fig. 3: normalized absolute differences between the MH-C outputs, accumulated '
-        'over all pairs of extended heads (brighter: heads disagree) |', '',
+        'over all pairs of extended heads (brighter: heads disagree) |',
+        '',
         'This is a CPU-sized toy: the numbers show the mechanics (Eq. 7a >= Eq. 7b >= worst), not the paper\'s GoPro '
-        'results.', '',
+        'results.',
+        '',
     ]
     return '\n'.join(lines)
 
@@ -378,8 +456,14 @@ def run_demo(out, preset_name='default', iters=None, seed=10, verbose=False, thr
         preset['iters'] = int(iters)
     os.makedirs(out, exist_ok=True)
     print(f'basicsr-mh demo ({preset_name}, {threads} CPU thread(s)): data -> {out}/data', flush=True)
-    data = make_dataset(os.path.join(out, 'data'), num_train=preset['num_train'], num_val=preset['num_val'],
-                        size=preset['size'], seed=seed, progress=False, workers=2)
+    data = make_dataset(
+        os.path.join(out, 'data'),
+        num_train=preset['num_train'],
+        num_val=preset['num_val'],
+        size=preset['size'],
+        seed=seed,
+        progress=False,
+        workers=2)
     models, curves, seconds = {}, {}, {}
     for key, label, num_heads, combine in RUNS:
         name = f"demo_NAFNet-width{preset['width']}" + ('' if num_heads == 1 else '-MH-C')
@@ -408,28 +492,44 @@ def run_demo(out, preset_name='default', iters=None, seed=10, verbose=False, thr
     single_psnr = float(per_head(single_out, gt, metric_opts['psnr'])[0, 0])
     mh_psnr = per_head(mh_out, gt, metric_opts['psnr'])[0]
     pictures = {
-        'blurry': to_uint8(lq[0]), 'sharp': to_uint8(gt[0]), 'single_head': to_uint8(single_out[0, 0]),
-        'best_head': to_uint8(mh_out[0, best]), 'heads_heatmap': head_difference_heatmap(mh_out[0])
+        'blurry': to_uint8(lq[0]),
+        'sharp': to_uint8(gt[0]),
+        'single_head': to_uint8(single_out[0, 0]),
+        'best_head': to_uint8(mh_out[0, best]),
+        'heads_heatmap': head_difference_heatmap(mh_out[0])
     }
     for key, img in pictures.items():
         write_png(os.path.join(out, f'{key}.png'), img)
-    write_png(os.path.join(out, 'overview.png'),
-              labelled_row(list(pictures.values()), ['blurry', 'sharp', 'single-head', f'MH-C h{best}', 'heads diff']))
-    line_plot([('single-head', [r['iter'] for r in curves['single']], [r['psnr'] for r in curves['single']],
-                (31, 119, 180)),
-               ('MH-C best single head (Eq. 7b)', [r['iter'] for r in curves['mhc']],
-                [r['psnr'] for r in curves['mhc']], (214, 39, 40)),
-               ('MH-C overall (Eq. 7a)', [r['iter'] for r in curves['mhc']],
-                [r['psnr_overall'] for r in curves['mhc']], (255, 127, 14))],
+    write_png(
+        os.path.join(out, 'overview.png'),
+        labelled_row(list(pictures.values()), ['blurry', 'sharp', 'single-head', f'MH-C h{best}', 'heads diff']))
+    line_plot([('single-head', [r['iter'] for r in curves['single']], [r['psnr']
+                                                                       for r in curves['single']], (31, 119, 180)),
+               ('MH-C best single head (Eq. 7b)', [r['iter']
+                                                   for r in curves['mhc']], [r['psnr']
+                                                                             for r in curves['mhc']], (214, 39, 40)),
+               ('MH-C overall (Eq. 7a)', [r['iter'] for r in curves['mhc']], [r['psnr_overall']
+                                                                              for r in curves['mhc']], (255, 127, 14))],
               os.path.join(out, 'curve.png'), 'Validation PSNR', 'iteration', 'PSNR (dB)')
 
     seconds['total'] = time.time() - t_start
     info = {
-        'preset_name': preset_name, 'preset': preset, 'seed': seed, 'threads': threads,
+        'preset_name': preset_name,
+        'preset': preset,
+        'seed': seed,
+        'threads': threads,
         'data_root': os.path.relpath(data['root'], out),
-        'results': results, 'curves': curves, 'seconds': seconds, 'input': input_scores,
-        'picture': {'name': fname, 'single_psnr': single_psnr, 'best_psnr': float(mh_psnr[best]),
-                    'image_best': int(torch.argmax(mh_psnr)), 'image_best_psnr': float(mh_psnr.max())},
+        'results': results,
+        'curves': curves,
+        'seconds': seconds,
+        'input': input_scores,
+        'picture': {
+            'name': fname,
+            'single_psnr': single_psnr,
+            'best_psnr': float(mh_psnr[best]),
+            'image_best': int(torch.argmax(mh_psnr)),
+            'image_best_psnr': float(mh_psnr.max())
+        },
     }
     report = os.path.join(out, 'report.md')
     with open(report, 'w') as f:
@@ -443,12 +543,17 @@ def run_demo(out, preset_name='default', iters=None, seed=10, verbose=False, thr
 def build_parser(prog='basicsr-mh demo'):
     """The argparse parser of ``basicsr-mh demo``."""
     parser = argparse.ArgumentParser(
-        prog=prog, description='Make GoPro-style data, train a small single-head and MH-C NAFNet on the CPU and '
+        prog=prog,
+        description='Make GoPro-style data, train a small single-head and MH-C NAFNet on the CPU and '
         'write a report (per-head table, validation curve, pictures). Default: about 5-7 minutes on 2 CPU cores.')
-    parser.add_argument('--out', default='basicsr_mh_demo', help='output folder; must not exist or be empty '
-                        '(default: ./basicsr_mh_demo)')
-    parser.add_argument('--iters', type=int, default=None, help='training iterations per model (default: 1000; '
-                        '20 with --quick)')
+    parser.add_argument(
+        '--out',
+        default='basicsr_mh_demo',
+        help='output folder; must not exist or be empty '
+        '(default: ./basicsr_mh_demo)')
+    parser.add_argument(
+        '--iters', type=int, default=None, help='training iterations per model (default: 1000; '
+        '20 with --quick)')
     parser.add_argument('--quick', action='store_true', help='tiny run for tests (width 8, 20 iterations, seconds)')
     parser.add_argument('--seed', type=int, default=10, help='seed of the data and of both trainings')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: the idle cores)')

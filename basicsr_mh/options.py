@@ -7,7 +7,6 @@ model type (``SRModel`` to ``MultiHeadImageRestorationModel``; basicsr-mh's ``Im
 starts, with an error naming the key and the fix.
 """
 import difflib
-
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
@@ -16,7 +15,6 @@ from .archs.multihead_arch import check_head_options, num_extended_heads
 MULTIHEAD_MODEL = 'MultiHeadImageRestorationModel'
 UPGRADABLE_MODELS = ('SRModel', 'ImageRestorationModel', 'ImageCleanModel', MULTIHEAD_MODEL)
 WRAPPER_KEYS = ('num_heads', 'combine', 'head_layers', 'probe_size', 'probe_channels', 'feed_all_heads')
-
 
 MAX_OUTPUTS = 1024
 
@@ -148,9 +146,8 @@ def _short(err, limit=600):
 
 def check_network(opt):
     """Build ``network_g`` once on the CPU; any failure becomes a ValueError naming ``network_g``. Returns the net."""
-    from copy import deepcopy
-
     from basicsr.archs import build_network
+    from copy import deepcopy
     net_opt = opt.get('network_g')
     if net_opt is None:
         return None
@@ -197,8 +194,10 @@ def check_pretrained(opt, net):
     target = net.state_dict()
     if not strict:  # BasicSR then ignores keys of another shape; grown output layers warm-start from one head
         grown = _grown_keys(net)
-        state = {k: v for k, v in state.items()
-                 if k in target and (k in grown or tuple(v.shape) == tuple(target[k].shape))}
+        state = {
+            k: v
+            for k, v in state.items() if k in target and (k in grown or tuple(v.shape) == tuple(target[k].shape))
+        }
     try:
         net.load_state_dict(state, strict=strict)
     except (RuntimeError, ValueError) as err:
@@ -267,10 +266,9 @@ def check_datasets_content(opt, net=None):
     """Build every paired dataset, compare the sizes of all its pairs (image headers, disk backend) and decode its
     first pair: empty or unreadable datasets, pairs whose sizes differ (GT must be LQ x ``scale``) and image channels
     that the network does not take raise errors naming the key and the file."""
-    from copy import deepcopy
-
     from basicsr.data import build_dataset
     from basicsr.utils import FileClient
+    from copy import deepcopy
     in_ch, ch_key = _net_in_channels(opt, net) if net is not None else (None, None)
     scale = int(opt.get('scale', 1))
     for phase, dataset_opt in (opt.get('datasets') or {}).items():

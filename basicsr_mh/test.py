@@ -9,14 +9,13 @@ reduced. Rank 0 writes the metrics of every dataset to ``results/<name>/metrics.
 import os
 import sys
 import torch
-from os import path as osp
-
-import basicsr_mh  # noqa: F401
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
 from basicsr.utils import get_env_info, get_time_str, make_exp_dirs
 from basicsr.utils.options import dict2str
+from os import path as osp
 
+import basicsr_mh  # noqa: F401
 from .cli_options import parse_options, setup_root_logger
 from .models.checkpoint import atomic_write_json
 from .options import preflight
@@ -52,8 +51,8 @@ def test_pipeline(root_path, argv=None):
     for test_loader in test_loaders:
         name = test_loader.dataset.opt['name']
         logger.info(f'Testing {name}...')
-        model.validation(test_loader, current_iter=opt['name'], tb_logger=None,
-                         save_img=opt['val'].get('save_img', False))
+        model.validation(
+            test_loader, current_iter=opt['name'], tb_logger=None, save_img=opt['val'].get('save_img', False))
         results[name] = {k: float(v) for k, v in (getattr(model, 'metric_results', {}) or {}).items()}
     model.test_results = results
     if opt['rank'] == 0:

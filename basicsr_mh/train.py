@@ -15,9 +15,6 @@ import os
 import sys
 import time
 import torch
-from os import path as osp
-
-import basicsr_mh  # noqa: F401  (registers archs/losses/models; installs the torchvision alias first)
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher
@@ -26,7 +23,9 @@ from basicsr.train import init_tb_loggers
 from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, make_exp_dirs,
                            mkdir_and_rename, scandir)
 from basicsr.utils.options import copy_opt_file, dict2str
+from os import path as osp
 
+import basicsr_mh  # noqa: F401  (registers archs/losses/models; installs the torchvision alias first)
 from .cli_options import parse_options, setup_root_logger
 from .models.checkpoint import atomic_write_json, preserved_rng, read_checkpoint, set_rng_state
 from .options import preflight
@@ -75,8 +74,10 @@ def find_resume_state(opt, warn=None):
     if opt.get('rank', 0) == 0:
         state_dir = opt['path']['training_states']
         if osp.isdir(state_dir):
-            names = [name for name in scandir(state_dir, suffix='.state', recursive=False)
-                     if name[:-len('.state')].isdigit()]
+            names = [
+                name for name in scandir(state_dir, suffix='.state', recursive=False)
+                if name[:-len('.state')].isdigit()
+            ]
             for name in sorted(names, key=lambda n: int(n[:-len('.state')]), reverse=True):
                 path = osp.join(state_dir, name)
                 if _usable_state(path, opt['path']['models'], warn):
@@ -140,8 +141,13 @@ def create_train_val_dataloader(opt, logger):
             ratio = dataset_opt.get('dataset_enlarge_ratio', 1)
             train_set = build_dataset(dataset_opt)
             train_sampler = ResumableSampler(train_set, opt['world_size'], opt['rank'], ratio)
-            train_loader = build_dataloader(train_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
-                                            sampler=train_sampler, seed=opt['manual_seed'])
+            train_loader = build_dataloader(
+                train_set,
+                dataset_opt,
+                num_gpu=opt['num_gpu'],
+                dist=opt['dist'],
+                sampler=train_sampler,
+                seed=opt['manual_seed'])
             iters_per_epoch = len(train_sampler) // dataset_opt['batch_size_per_gpu']
             if iters_per_epoch < 1:
                 raise ValueError(f'datasets.train: {len(train_set)} images x dataset_enlarge_ratio {ratio} over '
@@ -159,8 +165,8 @@ def create_train_val_dataloader(opt, logger):
                         f'\n\tTotal epochs: {total_epochs}; iters: {total_iters}.')
         elif phase.split('_')[0] == 'val':
             val_set = build_dataset(dataset_opt)
-            val_loader = build_dataloader(val_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=None,
-                                          seed=opt['manual_seed'])
+            val_loader = build_dataloader(
+                val_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=None, seed=opt['manual_seed'])
             logger.info(f'Number of val images/folders in {dataset_opt["name"]}: {len(val_set)}')
             val_loaders.append(val_loader)
         else:

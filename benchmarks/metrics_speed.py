@@ -19,12 +19,15 @@ import platform
 import statistics
 import time
 
+# isort: off
 import basicsr_mh  # noqa: F401  (torchvision alias, before basicsr)
+# isort: on
 import cv2
 import numpy as np
 import torch
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import tensor2img
+
 from basicsr_mh.metrics import per_head, per_head_many
 
 CONFIGS = {
@@ -134,8 +137,11 @@ def main():
     parser.add_argument('--repeats', type=int, default=7, help='interleaved repeats (median reported), >= 5')
     parser.add_argument('--heads', type=int, default=10)
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'))
-    parser.add_argument('--max-other-share', type=float, default=0.1,
-                        help='redo a sample when other processes used more than this share of one core meanwhile')
+    parser.add_argument(
+        '--max-other-share',
+        type=float,
+        default=0.1,
+        help='redo a sample when other processes used more than this share of one core meanwhile')
     parser.add_argument('--attempts', type=int, default=30, help='tries per sample before accepting a contended one')
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -149,14 +155,17 @@ def main():
     for name, cfg in CONFIGS.items():
         psnr_opt = dict(type='calculate_psnr', **cfg)
         ssim_opt = dict(type='calculate_ssim', **cfg)
-        timers[f'{name}/basicsr_numpy_1head'] = (
-            lambda cfg=cfg: (calculate_psnr(img, img2, **cfg), calculate_ssim(img, img2, **cfg)))
-        timers[f'{name}/ours_{args.heads}heads'] = (
-            lambda p=psnr_opt, s=ssim_opt: (per_head(pred, gt, p), per_head(pred, gt, s)))
+        timers[f'{name}/basicsr_numpy_1head'] = (lambda cfg=cfg:
+                                                 (calculate_psnr(img, img2, **cfg), calculate_ssim(img, img2, **cfg)))
+        timers[f'{name}/ours_{args.heads}heads'] = (lambda p=psnr_opt, s=ssim_opt:
+                                                    (per_head(pred, gt, p), per_head(pred, gt, s)))
         timers[f'{name}/ours_{args.heads}heads_joint'] = (
-            lambda p=psnr_opt, s=ssim_opt: per_head_many(pred, gt, {'psnr': p, 'ssim': s}))
-        timers[f'{name}/ours_1head'] = (
-            lambda p=psnr_opt, s=ssim_opt: (per_head(pred[:, :1], gt, p), per_head(pred[:, :1], gt, s)))
+            lambda p=psnr_opt, s=ssim_opt: per_head_many(pred, gt, {
+                'psnr': p,
+                'ssim': s
+            }))
+        timers[f'{name}/ours_1head'] = (lambda p=psnr_opt, s=ssim_opt:
+                                        (per_head(pred[:, :1], gt, p), per_head(pred[:, :1], gt, s)))
         # accuracy of the timed configuration, head 0, for the record
         ours = (per_head(pred[:, :1], gt, psnr_opt)[0, 0].item(), per_head(pred[:, :1], gt, ssim_opt)[0, 0].item())
         ref = (calculate_psnr(img, img2, **cfg), calculate_ssim(img, img2, **cfg))
@@ -184,14 +193,33 @@ def main():
         for key in (f'{name}/basicsr_numpy_1head', f'{name}/ours_{args.heads}heads',
                     f'{name}/ours_{args.heads}heads_joint', f'{name}/ours_1head'):
             med = statistics.median(samples[key])
-            rows.append(dict(config=name, what=key.split('/')[1], median_s=med, min_s=min(samples[key]),
-                             max_s=max(samples[key]), ratio_to_basicsr_1head=med / base))
+            rows.append(
+                dict(
+                    config=name,
+                    what=key.split('/')[1],
+                    median_s=med,
+                    min_s=min(samples[key]),
+                    max_s=max(samples[key]),
+                    ratio_to_basicsr_1head=med / base))
     result = dict(
-        device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else _cpu_model(),
-        cpu_count=os.cpu_count(), torch=torch.__version__, torch_threads=torch.get_num_threads(),
-        numpy=np.__version__, opencv=cv2.__version__, image='1280x720 RGB', heads=args.heads, repeats=repeats,
-        loadavg_before=load_before, loadavg_after=load_after, configs=CONFIGS, rows=rows, samples_s=samples,
-        other_processes_cpu_s=others, redone_samples=retries, contended_samples_kept=contended,
+        device=str(device),
+        device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else _cpu_model(),
+        cpu_count=os.cpu_count(),
+        torch=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        numpy=np.__version__,
+        opencv=cv2.__version__,
+        image='1280x720 RGB',
+        heads=args.heads,
+        repeats=repeats,
+        loadavg_before=load_before,
+        loadavg_after=load_after,
+        configs=CONFIGS,
+        rows=rows,
+        samples_s=samples,
+        other_processes_cpu_s=others,
+        redone_samples=retries,
+        contended_samples_kept=contended,
         head0_values_ours_vs_basicsr=checks)
 
     lines = [
@@ -205,9 +233,11 @@ def main():
     for r in rows:
         lines.append(f'| {r["config"]} | {r["what"]} | {r["median_s"]:.4f} | {r["min_s"]:.4f} | {r["max_s"]:.4f} | '
                      f'{r["ratio_to_basicsr_1head"]:.2f} |')
-    lines += ['', f'configs: {json.dumps(CONFIGS)}; load average before/after: '
-              f'{", ".join(f"{x:.2f}" for x in load_before)} / {", ".join(f"{x:.2f}" for x in load_after)}; '
-              f'samples redone because other processes used the CPU: {retries}; contended samples kept: {contended}']
+    lines += [
+        '', f'configs: {json.dumps(CONFIGS)}; load average before/after: '
+        f'{", ".join(f"{x:.2f}" for x in load_before)} / {", ".join(f"{x:.2f}" for x in load_after)}; '
+        f'samples redone because other processes used the CPU: {retries}; contended samples kept: {contended}'
+    ]
     md = '\n'.join(lines) + '\n'
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, 'metrics_speed.json'), 'w') as f:

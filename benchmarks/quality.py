@@ -32,19 +32,70 @@ import sys
 import tempfile
 import time
 
+# isort: off
 import basicsr_mh  # noqa: F401  (torchvision alias, before basicsr)
+# isort: on
 import torch
+
 from basicsr_mh import demo
 
 PRESETS = {
-    'smoke': dict(width=8, iters=300, batch=4, patch=32, num_train=24, num_val=6, size=64, val_points=1, seeds=[0, 1],
-                  ks=[1, 2, 3, 4, 5], num_gpu=0),
-    'small': dict(width=16, iters=600, batch=4, patch=64, num_train=96, num_val=12, size=128, val_points=3,
-                  seeds=[0, 1, 2], ks=[1, 2, 3, 4, 5], num_gpu=0),
-    'gpu': dict(width=32, iters=1500, batch=8, patch=128, num_train=400, num_val=40, size=256, val_points=3,
-                seeds=[0, 1, 2], ks=[1, 4], num_gpu=1, workers=2, jobs=9),
-    'full': dict(width=32, iters=20000, batch=8, patch=256, num_train=800, num_val=100, size=(360, 640), val_points=4,
-                 seeds=[0, 1, 2], ks=[1, 2, 3, 4, 5], num_gpu=1, enc_blk_nums=[1, 1, 1, 28], workers=4),
+    'smoke':
+    dict(
+        width=8,
+        iters=300,
+        batch=4,
+        patch=32,
+        num_train=24,
+        num_val=6,
+        size=64,
+        val_points=1,
+        seeds=[0, 1],
+        ks=[1, 2, 3, 4, 5],
+        num_gpu=0),
+    'small':
+    dict(
+        width=16,
+        iters=600,
+        batch=4,
+        patch=64,
+        num_train=96,
+        num_val=12,
+        size=128,
+        val_points=3,
+        seeds=[0, 1, 2],
+        ks=[1, 2, 3, 4, 5],
+        num_gpu=0),
+    'gpu':
+    dict(
+        width=32,
+        iters=1500,
+        batch=8,
+        patch=128,
+        num_train=400,
+        num_val=40,
+        size=256,
+        val_points=3,
+        seeds=[0, 1, 2],
+        ks=[1, 4],
+        num_gpu=1,
+        workers=2,
+        jobs=9),
+    'full':
+    dict(
+        width=32,
+        iters=20000,
+        batch=8,
+        patch=256,
+        num_train=800,
+        num_val=100,
+        size=(360, 640),
+        val_points=4,
+        seeds=[0, 1, 2],
+        ks=[1, 2, 3, 4, 5],
+        num_gpu=1,
+        enc_blk_nums=[1, 1, 1, 28],
+        workers=4),
 }
 METRIC_KEYS = ('psnr_overall', 'psnr', 'psnr_worst', 'ssim_overall', 'ssim', 'ssim_worst')
 
@@ -93,8 +144,7 @@ def _job(args):
     start = time.time()
 
     def write(record):
-        line = dict(label=label, num_heads=num_heads, combine=combine, seed=seed, elapsed=time.time() - start,
-                    **record)
+        line = dict(label=label, num_heads=num_heads, combine=combine, seed=seed, elapsed=time.time() - start, **record)
         with open(records, 'a') as f:
             f.write(json.dumps(line) + '\n')
 
@@ -116,8 +166,14 @@ def run_all(work, data, preset, records, jobs, threads):
     rows = []
     for label, k, combine in configurations(preset['ks']):
         runs = [r for (lab, _, _, _), r in zip(plan, results) if lab == label]
-        rows.append({'label': label, 'num_heads': k, 'combine': combine, 'num_outputs': runs[0]['num_outputs'],
-                     'runs': runs, 'aggregate': aggregate(runs)})
+        rows.append({
+            'label': label,
+            'num_heads': k,
+            'combine': combine,
+            'num_outputs': runs[0]['num_outputs'],
+            'runs': runs,
+            'aggregate': aggregate(runs)
+        })
     return rows
 
 
@@ -151,8 +207,14 @@ def rows_from_records(path):
             final['num_outputs'] = k * (k + 1) // 2 if combine else k
             chosen.append(final)
         if chosen:
-            rows.append({'label': label, 'num_heads': k, 'combine': combine, 'num_outputs': chosen[0]['num_outputs'],
-                         'runs': chosen, 'aggregate': aggregate(chosen)})
+            rows.append({
+                'label': label,
+                'num_heads': k,
+                'combine': combine,
+                'num_outputs': chosen[0]['num_outputs'],
+                'runs': chosen,
+                'aggregate': aggregate(chosen)
+            })
     meta['iters_reached'] = reached
     meta['seconds'] = max(r['elapsed'] for run in runs.values() for r in run['curve'])
     return rows, meta
@@ -163,8 +225,11 @@ def aggregate(runs):
     out = {}
     for key in METRIC_KEYS:
         values = [r[key] for r in runs]
-        out[key] = {'mean': statistics.fmean(values), 'std': statistics.stdev(values) if len(values) > 1 else 0.0,
-                    'values': values}
+        out[key] = {
+            'mean': statistics.fmean(values),
+            'std': statistics.stdev(values) if len(values) > 1 else 0.0,
+            'values': values
+        }
     return out
 
 
@@ -188,10 +253,11 @@ def markdown(rows, meta):
     lines = [
         f"Preset `{meta['preset_name']}`: NAFNet width {p['width']}, {p['iters']} iterations, batch {p['batch']} of "
         f"{p['patch']}x{p['patch']}, {p['num_train']} train / {p['num_val']} val generated pairs of size {p['size']}, "
-        f"seeds {p['seeds']}, learning rate {p.get('lr') or demo.TEMPLATE['train']['optim_g']['lr']:g}"
-        + (f", stopped at iteration {meta['iters_reached']} (from the records)" if meta.get('iters_reached') else '')
-        + f"; mean ± std over seeds; {meta['seconds']:.0f} s on {meta['device']}. Blurry input: "
-        f"PSNR {meta['input']['psnr']:.2f}, SSIM {meta['input']['ssim']:.4f}.", '',
+        f"seeds {p['seeds']}, learning rate {p.get('lr') or demo.TEMPLATE['train']['optim_g']['lr']:g}" +
+        (f", stopped at iteration {meta['iters_reached']} (from the records)" if meta.get('iters_reached') else '') +
+        f"; mean ± std over seeds; {meta['seconds']:.0f} s on {meta['device']}. Blurry input: "
+        f"PSNR {meta['input']['psnr']:.2f}, SSIM {meta['input']['ssim']:.4f}.",
+        '',
         "| config | K' | PSNR overall (7a) | PSNR best single (7b) | PSNR worst | SSIM overall (7a) | "
         'SSIM best single (7b) | SSIM worst | top head\'s wins |',
         '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
@@ -208,8 +274,10 @@ def markdown(rows, meta):
 
 def top_win_rate(row):
     """Mean over seeds of the largest head's share of training samples at the last validation ('' if unknown)."""
-    tops = [max(v for k, v in run.items() if k.startswith('win_h')) for run in row['runs']
-            if any(k.startswith('win_h') for k in run)]
+    tops = [
+        max(v for k, v in run.items() if k.startswith('win_h')) for run in row['runs'] if any(
+            k.startswith('win_h') for k in run)
+    ]
     return f'{statistics.fmean(tops):.0%}' if tops else ''
 
 
@@ -223,8 +291,11 @@ def paired_gains(rows, key):
     if base is None:
         return {}
     base_by_seed = {run.get('seed'): run['psnr'] for run in base['runs']}
-    return {row['label']: [run[key] - base_by_seed[run.get('seed')] for run in row['runs']
-                           if run.get('seed') in base_by_seed] for row in rows if row is not base}
+    return {
+        row['label']:
+        [run[key] - base_by_seed[run.get('seed')] for run in row['runs'] if run.get('seed') in base_by_seed]
+        for row in rows if row is not base
+    }
 
 
 def gain_table(rows):
@@ -239,9 +310,11 @@ def gain_table(rows):
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{statistics.fmean(values):+.3f} ± {std:.3f} ({', '.join(f'{v:+.2f}' for v in values)})"
 
-    lines = ['', f'PSNR gain over the single-head run with the same seed (dB; mean ± std over seeds, then each seed); '
-             f'the paper: +{PAPER_GAINS[0]} overall, +{PAPER_GAINS[1]} best single head:', '',
-             '| config | gain overall (7a) | gain best single head (7b) |', '| --- | ---: | ---: |']
+    lines = [
+        '', f'PSNR gain over the single-head run with the same seed (dB; mean ± std over seeds, then each seed); '
+        f'the paper: +{PAPER_GAINS[0]} overall, +{PAPER_GAINS[1]} best single head:', '',
+        '| config | gain overall (7a) | gain best single head (7b) |', '| --- | ---: | ---: |'
+    ]
     for label in overall:
         lines.append(f'| {label} | {cell(overall[label])} | {cell(single[label])} |')
     return lines
@@ -252,13 +325,17 @@ def curve_table(rows):
     iters = sorted({c['iter'] for row in rows for run in row['runs'] for c in run.get('curve', [])})
     if len(iters) < 2:
         return []
-    lines = ['', 'PSNR during training, mean over seeds, overall (7a) / best single head (7b), at iteration:', '',
-             '| config | ' + ' | '.join(str(i) for i in iters) + ' |', '| --- |' + ' ---: |' * len(iters)]
+    lines = [
+        '', 'PSNR during training, mean over seeds, overall (7a) / best single head (7b), at iteration:', '',
+        '| config | ' + ' | '.join(str(i) for i in iters) + ' |', '| --- |' + ' ---: |' * len(iters)
+    ]
     for row in rows:
         cells = []
         for it in iters:
-            points = [fill_single_head(dict(c), row['num_heads'], row['combine']) for run in row['runs']
-                      for c in run.get('curve', []) if c['iter'] == it]
+            points = [
+                fill_single_head(dict(c), row['num_heads'], row['combine']) for run in row['runs']
+                for c in run.get('curve', []) if c['iter'] == it
+            ]
             cells.append(f"{statistics.fmean(p['psnr_overall'] for p in points):.2f} / "
                          f"{statistics.fmean(p['psnr'] for p in points):.2f}" if points else '')
         lines.append(f"| {row['label']} | " + ' | '.join(cells) + ' |')
@@ -274,11 +351,10 @@ def plot(rows, path, title):
         if base is not None:
             sel = [base] + sel
         tag = 'combine' if combine else 'no combine'
-        for key, colour, what in (('psnr_overall', colours[0], 'overall (7a)'),
-                                  ('psnr', colours[1], 'best single head (7b)')):
-            series.append((f'{what}, {tag}', [r['num_heads'] for r in sel],
-                           [r['aggregate'][key]['mean'] for r in sel], [r['aggregate'][key]['std'] for r in sel],
-                           colour))
+        for key, colour, what in (('psnr_overall', colours[0], 'overall (7a)'), ('psnr', colours[1],
+                                                                                 'best single head (7b)')):
+            series.append((f'{what}, {tag}', [r['num_heads'] for r in sel], [r['aggregate'][key]['mean'] for r in sel],
+                           [r['aggregate'][key]['std'] for r in sel], colour))
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -289,8 +365,15 @@ def plot(rows, path, title):
         return 'cv2'
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for label, xs, ys, errs, colour in series:
-        ax.errorbar(xs, ys, yerr=errs, label=label, color=colour, marker='o', capsize=3,
-                    linestyle='-' if 'overall' in label else '--')
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=errs,
+            label=label,
+            color=colour,
+            marker='o',
+            capsize=3,
+            linestyle='-' if 'overall' in label else '--')
     ax.set_xlabel('K (heads; K = 1 is the single-head baseline)')
     ax.set_ylabel('PSNR (dB)')
     ax.set_xticks(sorted({x for _, xs, _, _, _ in series for x in xs}))
@@ -308,18 +391,33 @@ def parse_args(argv=None):
     parser.add_argument('--preset', choices=sorted(PRESETS), default='smoke')
     parser.add_argument('--seeds', default=None, help='comma-separated training seeds (default: the preset\'s)')
     parser.add_argument('--iters', type=int, default=None, help='override the preset\'s iterations')
-    parser.add_argument('--ks', default=None, help='comma-separated K values (1 = the single-head baseline; '
-                        'default: the preset\'s)')
+    parser.add_argument(
+        '--ks', default=None, help='comma-separated K values (1 = the single-head baseline; '
+        'default: the preset\'s)')
     parser.add_argument('--lr', type=float, default=None, help='override the learning rate (default 1e-3)')
-    parser.add_argument('--jobs', type=int, default=None, help='runs at a time, each in its own process (default: '
-                        'the preset\'s, 1 on the CPU presets)')
-    parser.add_argument('--threads', type=int, default=None, help='CPU threads per run (default: the idle cores '
-                        'with --jobs 1, else 1)')
-    parser.add_argument('--work', default=None, help='folder for data and experiments (default: a temp folder, '
-                        'removed at the end unless --keep)')
+    parser.add_argument(
+        '--jobs',
+        type=int,
+        default=None,
+        help='runs at a time, each in its own process (default: '
+        'the preset\'s, 1 on the CPU presets)')
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=None,
+        help='CPU threads per run (default: the idle cores '
+        'with --jobs 1, else 1)')
+    parser.add_argument(
+        '--work',
+        default=None,
+        help='folder for data and experiments (default: a temp folder, '
+        'removed at the end unless --keep)')
     parser.add_argument('--keep', action='store_true', help='keep the work folder')
-    parser.add_argument('--summarize', default=None, metavar='RECORDS',
-                        help='only write the tables and the plot from a records file (e.g. of a run stopped early)')
+    parser.add_argument(
+        '--summarize',
+        default=None,
+        metavar='RECORDS',
+        help='only write the tables and the plot from a records file (e.g. of a run stopped early)')
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'))
     return parser.parse_args(argv)
 
@@ -364,12 +462,25 @@ def main(argv=None):
     os.makedirs(work, exist_ok=True)
     os.makedirs(args.out, exist_ok=True)
     start = time.time()
-    data = make_dataset(os.path.join(work, 'data'), num_train=preset['num_train'], num_val=preset['num_val'],
-                        size=preset['size'], seed=0, progress=False, workers=max(2, min(16, os.cpu_count() or 2)))
+    data = make_dataset(
+        os.path.join(work, 'data'),
+        num_train=preset['num_train'],
+        num_val=preset['num_val'],
+        size=preset['size'],
+        seed=0,
+        progress=False,
+        workers=max(2, min(16,
+                           os.cpu_count() or 2)))
     print(f'data: {time.time() - start:.0f} s', flush=True)
     device = torch.cuda.get_device_name() if preset['num_gpu'] else f'CPU ({threads} thread(s) per run)'
-    meta = {'preset_name': args.preset, 'preset': preset, 'device': device, 'jobs': jobs, 'torch': torch.__version__,
-            'input': input_scores(data)}
+    meta = {
+        'preset_name': args.preset,
+        'preset': preset,
+        'device': device,
+        'jobs': jobs,
+        'torch': torch.__version__,
+        'input': input_scores(data)
+    }
     records = os.path.join(args.out, f'quality_{args.preset}.records.jsonl')
     with open(records, 'w') as f:
         f.write(json.dumps({'meta': dict(meta, seconds=0.0)}) + '\n')

@@ -39,34 +39,54 @@ import sys
 import time
 import types
 
+# isort: off
 import basicsr_mh  # noqa: F401  (torchvision alias, before basicsr)
+# isort: on
 import torch
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
+
 from basicsr_mh.losses.min_head_loss import MinHeadLoss
 from basicsr_mh.metrics import per_head
 from basicsr_mh.options import upgrade_network_options
 
 NUM_HEADS, COMBINE = 4, True
-NAFNET32 = dict(type='NAFNet', img_channel=3, width=32, middle_blk_num=1, enc_blk_nums=[1, 1, 1, 28],
-                dec_blk_nums=[1, 1, 1, 1])
+NAFNET32 = dict(
+    type='NAFNet', img_channel=3, width=32, middle_blk_num=1, enc_blk_nums=[1, 1, 1, 28], dec_blk_nums=[1, 1, 1, 1])
 #: name -> network options, pixel loss, training (batch, size) and validation (H, W) per device.
 CONFIGS = {
-    'nafnet32': dict(net=NAFNET32, loss={'type': 'PSNRLoss'}, cpu=dict(batch=1, size=256, val=(256, 256)),
-                     cuda=dict(batch=8, size=256, val=(720, 1280))),
-    'restormer': dict(net=dict(type='Restormer', dim=24, num_blocks=[2, 2, 2, 2], num_refinement_blocks=2,
-                               heads=[1, 2, 4, 8]), loss={'type': 'L1Loss'},
-                      cpu=dict(batch=1, size=128, val=(128, 128)), cuda=dict(batch=4, size=128, val=(720, 1280)),
-                      cuda_net=dict(type='Restormer')),
-    'hinet': dict(net=dict(type='HINet', wf=16, depth=4), loss={'type': 'PSNRLoss'},
-                  cpu=dict(batch=1, size=128, val=(128, 128)), cuda=dict(batch=8, size=256, val=(720, 1280)),
-                  cuda_net=dict(type='HINet', wf=64, depth=5)),
-    'nafnet32-ref': dict(net='reference', loss='reference', cpu=dict(batch=1, size=256, val=(256, 256)),
-                         cuda=dict(batch=8, size=256, val=(720, 1280))),
+    'nafnet32':
+    dict(
+        net=NAFNET32,
+        loss={'type': 'PSNRLoss'},
+        cpu=dict(batch=1, size=256, val=(256, 256)),
+        cuda=dict(batch=8, size=256, val=(720, 1280))),
+    'restormer':
+    dict(
+        net=dict(type='Restormer', dim=24, num_blocks=[2, 2, 2, 2], num_refinement_blocks=2, heads=[1, 2, 4, 8]),
+        loss={'type': 'L1Loss'},
+        cpu=dict(batch=1, size=128, val=(128, 128)),
+        cuda=dict(batch=4, size=128, val=(720, 1280)),
+        cuda_net=dict(type='Restormer')),
+    'hinet':
+    dict(
+        net=dict(type='HINet', wf=16, depth=4),
+        loss={'type': 'PSNRLoss'},
+        cpu=dict(batch=1, size=128, val=(128, 128)),
+        cuda=dict(batch=8, size=256, val=(720, 1280)),
+        cuda_net=dict(type='HINet', wf=64, depth=5)),
+    'nafnet32-ref':
+    dict(
+        net='reference',
+        loss='reference',
+        cpu=dict(batch=1, size=256, val=(256, 256)),
+        cuda=dict(batch=8, size=256, val=(720, 1280))),
 }
 VARIANTS = ('single', 'mhc')
-METRICS = {'psnr': dict(type='calculate_psnr', crop_border=0, test_y_channel=False),
-           'ssim': dict(type='calculate_ssim', crop_border=0, test_y_channel=False)}
+METRICS = {
+    'psnr': dict(type='calculate_psnr', crop_border=0, test_y_channel=False),
+    'ssim': dict(type='calculate_ssim', crop_border=0, test_y_channel=False)
+}
 TARGETS = {'step': 1.03, 'memory': 1.05, 'val': 1.3}
 
 
@@ -117,8 +137,8 @@ def build(name, variant, device, reference=None):
         kwargs = {k: v for k, v in NAFNET32.items() if k != 'type'}
         if variant == 'single':
             return ref['NAFNet'](**kwargs).to(device), ref['PSNRLoss']().to(device)
-        return (ref['MHNAFNet'](n_heads=NUM_HEADS, combinate_heads=COMBINE, **kwargs).to(device),
-                ref['MultiHeadPSNRLoss']().to(device))
+        return (ref['MHNAFNet'](n_heads=NUM_HEADS, combinate_heads=COMBINE,
+                                **kwargs).to(device), ref['MultiHeadPSNRLoss']().to(device))
     net_opt = network_options(name, device)
     if variant == 'mhc':
         net_opt.update(num_heads=NUM_HEADS, combine=COMBINE)
@@ -244,8 +264,12 @@ def measure_memory(name, device, steps, repeats, reference=None):
     out = {v: [] for v in VARIANTS}
     for rep in range(repeats):
         for v in (VARIANTS if rep % 2 == 0 else VARIANTS[::-1]):
-            cmd = [sys.executable, os.path.abspath(__file__), '--memory-child', name, v, '--device', device,
-                   '--steps', str(steps), '--threads', str(torch.get_num_threads())]
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__), '--memory-child', name, v, '--device', device, '--steps',
+                str(steps), '--threads',
+                str(torch.get_num_threads())
+            ]
             if reference:
                 cmd += ['--reference', reference]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -269,16 +293,31 @@ def summarize(name, device, times, memory):
     peak = {v: statistics.median(r['peak_rss_mb'] for r in memory[v]) for v in VARIANTS}
     cfg = CONFIGS[name][device]
     return {
-        'config': name, 'train_batch': cfg['batch'], 'train_size': cfg['size'], 'val_size': list(cfg['val']),
-        'network': 'reference NAFNet / MHNAFNet' if CONFIGS[name]['net'] == 'reference' else network_options(
-            name, device),
-        'step_s': {v: med[v]['step'] for v in VARIANTS},
+        'config': name,
+        'train_batch': cfg['batch'],
+        'train_size': cfg['size'],
+        'val_size': list(cfg['val']),
+        'network':
+        'reference NAFNet / MHNAFNet' if CONFIGS[name]['net'] == 'reference' else network_options(name, device),
+        'step_s': {
+            v: med[v]['step']
+            for v in VARIANTS
+        },
         'step_ratio': _ratio(med['mhc']['step'], med['single']['step']),
-        'val_s': {v: med[v]['val'] for v in VARIANTS}, 'val_ratio': _ratio(med['mhc']['val'], med['single']['val']),
-        'memory_kind': mem_key, 'memory_mb': mem, 'memory_ratio': _ratio(mem['mhc'], mem['single']),
+        'val_s': {
+            v: med[v]['val']
+            for v in VARIANTS
+        },
+        'val_ratio': _ratio(med['mhc']['val'], med['single']['val']),
+        'memory_kind': mem_key,
+        'memory_mb': mem,
+        'memory_ratio': _ratio(mem['mhc'], mem['single']),
         'process_peak_rss_mb': peak,
         'process_peak_rss_ratio': _ratio(peak['mhc'], peak['single']),
-        'raw': {'times': times, 'memory': memory},
+        'raw': {
+            'times': times,
+            'memory': memory
+        },
     }
 
 
@@ -293,7 +332,8 @@ def markdown(rows, meta):
         f"Device: {meta['device_name']}; torch {meta['torch']}; {meta['repeats']} interleaved repeats of "
         f"{meta['steps']} steps (medians); memory: {mem_name}, {meta['memory_repeats']} fresh processes per variant "
         f"(median). MH-C = K {NUM_HEADS}, combine (K' = 10). Targets: step <= {TARGETS['step']}, memory <= "
-        f"{TARGETS['memory']} (training), validation with 10 heads <= {TARGETS['val']} x one head.", '',
+        f"{TARGETS['memory']} (training), validation with 10 heads <= {TARGETS['val']} x one head.",
+        '',
         '| config | train batch x size | step single (s) | step MH-C (s) | step ratio | memory single (MiB) '
         '| memory MH-C (MiB) | memory ratio | val size | val 1 head (s) | val 10 heads (s) | val ratio |',
         '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |',
@@ -306,8 +346,10 @@ def markdown(rows, meta):
             f"{r['val_size'][0]}x{r['val_size'][1]} | {r['val_s']['single']:.3f} | {r['val_s']['mhc']:.3f} | "
             f"{_mark(r['val_ratio'], TARGETS['val'])} |")
     if meta['device'] == 'cpu':
-        lines += ['', 'Whole-process RSS peak ratio (MH-C / single, imports included): ' + ', '.join(
-            f"{r['config']} {r['process_peak_rss_ratio']:.3f}" for r in rows) + '.']
+        lines += [
+            '', 'Whole-process RSS peak ratio (MH-C / single, imports included): ' +
+            ', '.join(f"{r['config']} {r['process_peak_rss_ratio']:.3f}" for r in rows) + '.'
+        ]
     return '\n'.join(lines) + '\n'
 
 
@@ -319,8 +361,12 @@ def parse_args(argv=None):
     parser.add_argument('--steps', type=int, default=None, help='steps per timing repeat (default 3; 2 --quick)')
     parser.add_argument('--memory-repeats', type=int, default=None, help='processes per variant (default 3; 1)')
     parser.add_argument('--reference', default=None, help='folder holding NAFNet-main/ of the reference code')
-    parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: the idle cores, see '
-                        'basicsr_mh.demo.auto_threads; OpenMP threads waiting on busy cores distort timings)')
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=None,
+        help='CPU threads (default: the idle cores, see '
+        'basicsr_mh.demo.auto_threads; OpenMP threads waiting on busy cores distort timings)')
     parser.add_argument('--only', default=None, help='comma-separated configurations (default: all)')
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'))
     parser.add_argument('--memory-child', nargs=2, metavar=('CONFIG', 'VARIANT'), help=argparse.SUPPRESS)
@@ -356,14 +402,22 @@ def main(argv=None):
         times = measure_time(name, args.device, args.repeats, args.steps, args.reference)
         rows.append(summarize(name, args.device, times, memory))
         r = rows[-1]
-        print(f"{name}: step ratio {r['step_ratio']:.3f}, memory ratio {r['memory_ratio']:.3f}, val ratio "
-              f"{r['val_ratio']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+        print(
+            f"{name}: step ratio {r['step_ratio']:.3f}, memory ratio {r['memory_ratio']:.3f}, val ratio "
+            f"{r['val_ratio']:.3f} ({time.time() - t0:.0f} s)",
+            flush=True)
     meta = {
-        'device': args.device, 'torch': torch.__version__, 'python': platform.python_version(),
+        'device': args.device,
+        'torch': torch.__version__,
+        'python': platform.python_version(),
         'device_name': torch.cuda.get_device_name() if args.device == 'cuda' else
         f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)',
-        'repeats': args.repeats, 'steps': args.steps, 'memory_repeats': args.memory_repeats,
-        'reference': bool(args.reference), 'seconds': time.time() - start, 'targets': TARGETS,
+        'repeats': args.repeats,
+        'steps': args.steps,
+        'memory_repeats': args.memory_repeats,
+        'reference': bool(args.reference),
+        'seconds': time.time() - start,
+        'targets': TARGETS,
     }
     os.makedirs(args.out, exist_ok=True)
     suffix = '' if args.device == 'cpu' else f'_{args.device}'

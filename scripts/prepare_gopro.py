@@ -33,16 +33,15 @@ Usage::
     python scripts/prepare_gopro.py --src /data/GOPRO_Large [--dst datasets/GoPro] [--workers 8]
 """
 import argparse
+import cv2
 import json
+import lmdb
+import numpy as np
 import os
 import os.path as osp
 import shutil
 import sys
 from multiprocessing import Pool
-
-import cv2
-import lmdb
-import numpy as np
 from tqdm import tqdm
 
 STATE_DIR = '.prepare_gopro'
@@ -178,8 +177,9 @@ def basicsr_read_img_worker():
     Imported late so that copying and cropping do not load torch; ``basicsr_mh`` comes first, since BasicSR 1.4.2
     cannot be imported on current torchvision without its alias.
     """
-    import basicsr_mh  # noqa: F401
     from basicsr.utils.lmdb_util import read_img_worker
+
+    import basicsr_mh  # noqa: F401
     return read_img_worker
 
 

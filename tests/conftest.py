@@ -1,5 +1,7 @@
 """Shared fixtures: tiny blurred/sharp pair folders built from scikit-image's bundled photos, and option files."""
+# isort: off
 import basicsr_mh  # noqa: F401  (must precede basicsr imports: installs the torchvision alias)
+# isort: on
 import pytest
 import yaml
 
@@ -31,33 +33,88 @@ def srmodel_options(pair_data, name, num_heads=4, combine=True, total_iter=20, v
         'manual_seed': 10,
         'datasets': {
             'train': {
-                'name': 'TinyTrain', 'type': 'PairedImageDataset', 'dataroot_gt': pair_data['train'][0],
-                'dataroot_lq': pair_data['train'][1], 'filename_tmpl': '{}', 'io_backend': {'type': 'disk'},
-                'gt_size': 32, 'use_hflip': True, 'use_rot': True, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 2,
-                'dataset_enlarge_ratio': 1, 'prefetch_mode': None
+                'name': 'TinyTrain',
+                'type': 'PairedImageDataset',
+                'dataroot_gt': pair_data['train'][0],
+                'dataroot_lq': pair_data['train'][1],
+                'filename_tmpl': '{}',
+                'io_backend': {
+                    'type': 'disk'
+                },
+                'gt_size': 32,
+                'use_hflip': True,
+                'use_rot': True,
+                'num_worker_per_gpu': 0,
+                'batch_size_per_gpu': 2,
+                'dataset_enlarge_ratio': 1,
+                'prefetch_mode': None
             },
             'val': {
-                'name': 'TinyVal', 'type': 'PairedImageDataset', 'dataroot_gt': pair_data['val'][0],
-                'dataroot_lq': pair_data['val'][1], 'io_backend': {'type': 'disk'}
+                'name': 'TinyVal',
+                'type': 'PairedImageDataset',
+                'dataroot_gt': pair_data['val'][0],
+                'dataroot_lq': pair_data['val'][1],
+                'io_backend': {
+                    'type': 'disk'
+                }
             },
         },
         'network_g': network,
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'path': {
+            'pretrain_network_g': None,
+            'strict_load_g': True,
+            'resume_state': None
+        },
         'train': {
             'ema_decay': 0.9,
-            'optim_g': {'type': 'Adam', 'lr': 1e-3, 'weight_decay': 0, 'betas': [0.9, 0.99]},
-            'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [total_iter], 'restart_weights': [1],
-                          'eta_min': 1e-7},
-            'total_iter': total_iter, 'warmup_iter': -1,
-            'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'},
+            'optim_g': {
+                'type': 'Adam',
+                'lr': 1e-3,
+                'weight_decay': 0,
+                'betas': [0.9, 0.99]
+            },
+            'scheduler': {
+                'type': 'CosineAnnealingRestartLR',
+                'periods': [total_iter],
+                'restart_weights': [1],
+                'eta_min': 1e-7
+            },
+            'total_iter': total_iter,
+            'warmup_iter': -1,
+            'pixel_opt': {
+                'type': 'L1Loss',
+                'loss_weight': 1.0,
+                'reduction': 'mean'
+            },
         },
         'val': {
-            'val_freq': val_freq, 'save_img': True,
-            'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
-                        'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': False}},
+            'val_freq': val_freq,
+            'save_img': True,
+            'metrics': {
+                'psnr': {
+                    'type': 'calculate_psnr',
+                    'crop_border': 0,
+                    'test_y_channel': False
+                },
+                'ssim': {
+                    'type': 'calculate_ssim',
+                    'crop_border': 0,
+                    'test_y_channel': False
+                }
+            },
         },
-        'logger': {'print_freq': 5, 'save_checkpoint_freq': 10, 'use_tb_logger': True, 'wandb': {'project': None}},
-        'dist_params': {'backend': 'nccl', 'port': 29500},
+        'logger': {
+            'print_freq': 5,
+            'save_checkpoint_freq': 10,
+            'use_tb_logger': True,
+            'wandb': {
+                'project': None
+            }
+        },
+        'dist_params': {
+            'backend': 'nccl',
+            'port': 29500
+        },
     }
 
 

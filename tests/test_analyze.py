@@ -1,15 +1,14 @@
 """`basicsr-mh analyze`: heatmaps (Fig. 3/4), pairwise-head PSNR matrix (Fig. 6), win rates, rule table."""
+import cv2
 import json
 import math
 import os
-
-import cv2
 import pytest
 import torch
+from conftest import srmodel_options, write_options
 
 from basicsr_mh import cli
 from basicsr_mh.tools.common import build_net
-from conftest import srmodel_options, write_options
 
 NAFNET = dict(type='NAFNet', img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
 
@@ -24,8 +23,16 @@ def _test_options(folder, pair_data, num_heads, combine):
         for p in net.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=gen))
     ckpt = os.path.join(folder, 'net_g.pth')
-    torch.save({'params': net.state_dict(), 'params_ema': net.state_dict(),
-                'multihead': {'num_heads': num_heads, 'combine': combine, 'best_head': 1}}, ckpt)
+    torch.save(
+        {
+            'params': net.state_dict(),
+            'params_ema': net.state_dict(),
+            'multihead': {
+                'num_heads': num_heads,
+                'combine': combine,
+                'best_head': 1
+            }
+        }, ckpt)
     opt['path']['pretrain_network_g'] = ckpt
     opt['is_train'] = False
     return write_options(os.path.join(folder, 'test.yml'), opt)
@@ -86,8 +93,7 @@ def test_matrix_is_k_by_k_with_heads_on_diagonal(combined):
 def test_without_combine_and_max_images(pair_data, tmp_path):
     opt = _test_options(str(tmp_path), pair_data, 2, False)
     out = tmp_path / 'out'
-    assert cli.main(['analyze', '--opt', opt, '--out', str(out), '--max-images', '1', '--pair', '1,0',
-                     '--quiet']) == 0
+    assert cli.main(['analyze', '--opt', opt, '--out', str(out), '--max-images', '1', '--pair', '1,0', '--quiet']) == 0
     table = json.loads((out / 'table.json').read_text())
     assert table['num_images'] == 1 and len(table['heads']) == 2
     matrix = table['psnr_matrix']

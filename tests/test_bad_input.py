@@ -1,22 +1,21 @@
 """Bad options, checkpoints and data fail before the first iteration with an error naming the key (and the file),
 and never touch an existing experiment."""
 import copy
-import os
-import shutil
-import warnings
-
 import cv2
+import os
 import pytest
+import shutil
 import torch
+import warnings
+from basicsr.utils.registry import ARCH_REGISTRY
+from conftest import srmodel_options, write_options
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from basicsr.utils.registry import ARCH_REGISTRY
 from basicsr_mh.cli_options import parse_options
 from basicsr_mh.options import preflight
 from basicsr_mh.train import train_pipeline
-from conftest import srmodel_options, write_options
 
 
 class SigmoidTailNet(nn.Module):
@@ -55,10 +54,12 @@ VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 20), st.floats(-2, 
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(num_heads=VALUES, combine=VALUES,
-       head_layers=st.one_of(st.none(), st.just('ending'), st.just('intro'), st.text(max_size=6)),
-       loss=st.sampled_from(['L1Loss', 'PSNRLoss', 'MSELoss', 'CharbonnierLoss', 'NoSuchLoss', 'l1loss']),
-       arch=st.sampled_from(['NAFNet', 'NAFNet', 'NAFNet', 'NAFNett']))
+@given(
+    num_heads=VALUES,
+    combine=VALUES,
+    head_layers=st.one_of(st.none(), st.just('ending'), st.just('intro'), st.text(max_size=6)),
+    loss=st.sampled_from(['L1Loss', 'PSNRLoss', 'MSELoss', 'CharbonnierLoss', 'NoSuchLoss', 'l1loss']),
+    arch=st.sampled_from(['NAFNet', 'NAFNet', 'NAFNet', 'NAFNett']))
 def test_generated_options_clean_or_named_error(pair_data, tmp_path, num_heads, combine, head_layers, loss, arch):
     opt = srmodel_options(pair_data, 'gen', num_heads=None)
     opt['network_g'].update(type=arch, num_heads=num_heads, combine=combine)
@@ -71,8 +72,9 @@ def test_generated_options_clean_or_named_error(pair_data, tmp_path, num_heads, 
             check(tmp_path, opt)
         except (ValueError, FileNotFoundError) as err:
             message = str(err)
-            assert any(key in message for key in ('num_heads', 'combine', 'head_layers', 'pixel_opt.type',
-                                                  'network_g.type', 'network_g.backbone.type')), message
+            assert any(
+                key in message for key in ('num_heads', 'combine', 'head_layers', 'pixel_opt.type', 'network_g.type',
+                                           'network_g.backbone.type')), message
             assert 'Traceback' not in message
 
 

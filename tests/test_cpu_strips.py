@@ -1,6 +1,5 @@
 """The CPU strip path of the per-head metrics equals BasicSR's numpy PSNR / SSIM on tensor2img images."""
 import math
-
 import numpy as np
 import pytest
 import torch

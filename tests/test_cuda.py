@@ -5,21 +5,27 @@ Skipped where no CUDA device is present (CI); run on a GPU machine with ``pytest
 import copy
 import glob
 import os
+import pytest
 import subprocess
 import sys
-
-import pytest
 import torch
-
 from basicsr.archs import build_network
+from conftest import srmodel_options, write_options
+
 from basicsr_mh.losses.min_head_loss import MinHeadLoss
 from basicsr_mh.options import upgrade_network_options
-from conftest import srmodel_options, write_options
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 
-NAFNET_MHC = dict(type='NAFNet', img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1, 1],
-                  dec_blk_nums=[1, 1], num_heads=4, combine=True)
+NAFNET_MHC = dict(
+    type='NAFNet',
+    img_channel=3,
+    width=8,
+    middle_blk_num=1,
+    enc_blk_nums=[1, 1],
+    dec_blk_nums=[1, 1],
+    num_heads=4,
+    combine=True)
 
 
 def _build(net_opt):
@@ -34,8 +40,14 @@ def _pair(seed, shape=(2, 3, 32, 32)):
 @pytest.mark.parametrize('net_opt', [
     NAFNET_MHC,
     dict(type='HINet', wf=8, depth=3, num_heads=2, combine=True),
-    dict(type='Restormer', dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1],
-         num_heads=2, combine=False),
+    dict(
+        type='Restormer',
+        dim=8,
+        num_blocks=[1, 1, 1, 1],
+        num_refinement_blocks=1,
+        heads=[1, 1, 1, 1],
+        num_heads=2,
+        combine=False),
 ])
 def test_forward_and_gradients_match_cpu(net_opt, monkeypatch):
     # TF32 convolutions/matmuls (the default on Ampere and later) round to 10 mantissa bits; compare in full FP32
@@ -80,13 +92,16 @@ def test_basicsr_train_runs_on_cuda(pair_data, tmp_path):
     opt = srmodel_options(pair_data, 'mhc_cuda', total_iter=10, val_freq=10)
     opt['num_gpu'] = 1
     opt_path = write_options(tmp_path / 'train_cuda.yml', opt)
-    proc = subprocess.run([sys.executable, '-m', 'basicsr_mh.train', '-opt', opt_path], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, '-m', 'basicsr_mh.train', '-opt', opt_path],
+                          cwd=tmp_path,
+                          capture_output=True,
+                          text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = open(glob.glob(str(tmp_path / 'experiments' / 'mhc_cuda' / 'train_mhc_cuda_*.log'))[0]).read()
     assert 'psnr_overall' in log and 'heads/win_h0' in log
-    ckpt = torch.load(tmp_path / 'experiments' / 'mhc_cuda' / 'models' / 'net_g_10.pth', map_location='cpu',
-                      weights_only=True)
+    ckpt = torch.load(
+        tmp_path / 'experiments' / 'mhc_cuda' / 'models' / 'net_g_10.pth', map_location='cpu', weights_only=True)
     assert ckpt['params']['ending.weight'].shape[0] == 4 * 3
     assert all(t.device.type == 'cpu' and torch.isfinite(t).all() for t in ckpt['params'].values())
     assert os.path.isfile(tmp_path / 'experiments' / 'mhc_cuda' / 'training_states' / '10.state')

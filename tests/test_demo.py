@@ -1,13 +1,12 @@
 """``basicsr-mh demo --quick``: report, pictures and the Eq. 7 ordering of the reported numbers."""
+import cv2
 import json
 import os
+import pytest
 import re
 import shutil
 import subprocess
 import sys
-
-import cv2
-import pytest
 
 
 def _table_value(report, label):

@@ -1,14 +1,13 @@
 """Two processes with gloo on the CPU: torchrun training works, and sharded validation equals a one-process run."""
 import json
 import os
+import pytest
 import socket
 import subprocess
 import sys
-
-import pytest
+from conftest import PHOTOS, srmodel_options, write_options
 
 from basicsr_mh.data.example_pairs import make_pair_folder
-from conftest import PHOTOS, srmodel_options, write_options
 
 
 def free_port():
@@ -23,8 +22,10 @@ def run(args, workdir, nproc=None, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS='1', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()))
     cmd = [sys.executable, '-m']
     if nproc:
-        cmd += ['torch.distributed.run', '--nproc_per_node', str(nproc), '--master_addr', '127.0.0.1',
-                '--master_port', env['MASTER_PORT'], '-m']
+        cmd += [
+            'torch.distributed.run', '--nproc_per_node',
+            str(nproc), '--master_addr', '127.0.0.1', '--master_port', env['MASTER_PORT'], '-m'
+        ]
     proc = subprocess.run(cmd + args, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc

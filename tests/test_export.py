@@ -1,16 +1,15 @@
 """`basicsr-mh export`: one head as a plain backbone checkpoint that the stock architecture loads strictly."""
 import os
+import pytest
 import subprocess
 import sys
-
-import pytest
 import torch
-
 from basicsr.archs import build_network
+from conftest import srmodel_options, write_options
+
 from basicsr_mh import cli
 from basicsr_mh.tools.common import ToolError, build_net, parse_head
 from basicsr_mh.tools.export import build_plain, plain_state_dict
-from conftest import srmodel_options, write_options
 
 NAFNET = dict(type='NAFNet', img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
 BACKBONES = {
@@ -107,7 +106,9 @@ def test_done_when_head_2_plus_1_loads_into_stock_nafnet(trained, pair_data):
     out = str(workdir / 'h4.pth')
     exe = os.path.join(os.path.dirname(sys.executable), 'basicsr-mh')
     proc = subprocess.run([exe, 'export', '--ckpt', ckpt, '--opt', opt_path, '--head', '2+1', '--out', out],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'h4 (2+1)' in proc.stdout
     exported = torch.load(out, map_location='cpu', weights_only=True)

@@ -4,27 +4,36 @@ fork defaults and option upgrades, and `basicsr train` end to end on fork-style 
 import glob
 import math
 import os
+import pytest
 import random
 import re
 import subprocess
 import sys
-
-import pytest
 import torch
-from torch.utils.data import DataLoader
-
 from basicsr.data import build_dataset
 from basicsr.models import build_model
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
+from conftest import write_options
+from torch.utils.data import DataLoader
+
 from basicsr_mh.models import ImageCleanModel, ImageRestorationModel, MultiHeadImageRestorationModel
 from basicsr_mh.models.tiling import grid_crop_size, grid_positions, merge_tiles, split_tiles
 from basicsr_mh.models.train_augment import MixingAugment, ProgressiveTraining
 from basicsr_mh.options import upgrade_options
-from conftest import write_options
 
 K, K_EXT = 4, 10
-METRICS = {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
-           'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': False}}
+METRICS = {
+    'psnr': {
+        'type': 'calculate_psnr',
+        'crop_border': 0,
+        'test_y_channel': False
+    },
+    'ssim': {
+        'type': 'calculate_ssim',
+        'crop_border': 0,
+        'test_y_channel': False
+    }
+}
 
 
 def _nafnet(heads=False):
@@ -36,13 +45,45 @@ def _nafnet(heads=False):
 
 def _model_opt(model_type='ImageRestorationModel', heads=False, is_train=False, val=None, train=None, datasets=None):
     """In-process option dict (what parse_options produces) for a tiny NAFNet."""
-    opt = {'name': 'fork', 'model_type': model_type, 'scale': 1, 'num_gpu': 0, 'is_train': is_train, 'dist': False,
-           'rank': 0, 'world_size': 1, 'network_g': _nafnet(heads), 'path': {'pretrain_network_g': None},
-           'datasets': datasets or {}, 'val': {'save_img': False, 'metrics': dict(METRICS), **(val or {})}}
+    opt = {
+        'name': 'fork',
+        'model_type': model_type,
+        'scale': 1,
+        'num_gpu': 0,
+        'is_train': is_train,
+        'dist': False,
+        'rank': 0,
+        'world_size': 1,
+        'network_g': _nafnet(heads),
+        'path': {
+            'pretrain_network_g': None
+        },
+        'datasets': datasets or {},
+        'val': {
+            'save_img': False,
+            'metrics': dict(METRICS),
+            **(val or {})
+        }
+    }
     if is_train:
-        opt['train'] = {'optim_g': {'type': 'AdamW', 'lr': 1e-3}, 'total_iter': 20,
-                        'scheduler': {'type': 'TrueCosineAnnealingLR', 'T_max': 20, 'eta_min': 1e-7},
-                        'pixel_opt': {'type': 'PSNRLoss', 'loss_weight': 1, 'reduction': 'mean'}, **(train or {})}
+        opt['train'] = {
+            'optim_g': {
+                'type': 'AdamW',
+                'lr': 1e-3
+            },
+            'total_iter': 20,
+            'scheduler': {
+                'type': 'TrueCosineAnnealingLR',
+                'T_max': 20,
+                'eta_min': 1e-7
+            },
+            'pixel_opt': {
+                'type': 'PSNRLoss',
+                'loss_weight': 1,
+                'reduction': 'mean'
+            },
+            **(train or {})
+        }
     return opt
 
 
@@ -65,9 +106,17 @@ def one_thread():
 
 @pytest.fixture(scope='module')
 def val_loader(pair_data):
-    ds = build_dataset({'name': 'TinyVal', 'type': 'Dataset_PairedImage', 'dataroot_gt': pair_data['val'][0],
-                        'dataroot_lq': pair_data['val'][1], 'io_backend': {'type': 'disk'}, 'phase': 'val',
-                        'scale': 1})
+    ds = build_dataset({
+        'name': 'TinyVal',
+        'type': 'Dataset_PairedImage',
+        'dataroot_gt': pair_data['val'][0],
+        'dataroot_lq': pair_data['val'][1],
+        'io_backend': {
+            'type': 'disk'
+        },
+        'phase': 'val',
+        'scale': 1
+    })
     return DataLoader(ds, batch_size=1)
 
 
@@ -179,8 +228,13 @@ def test_grids_validation_equals_whole_image(val_loader, heads):
     whole.validation(val_loader, 0, None, False)
     expected = dict(whole.metric_results)
     state = whole.net_g.state_dict()
-    tiled = _build(_model_opt(heads=heads, val={'grids': True, 'crop_size_h': 20, 'crop_size_w': 16,
-                                                'max_minibatch': 4}), state)
+    tiled = _build(
+        _model_opt(heads=heads, val={
+            'grids': True,
+            'crop_size_h': 20,
+            'crop_size_w': 16,
+            'max_minibatch': 4
+        }), state)
     tiled.validation(val_loader, 0, None, False)
     assert tiled.metric_results == pytest.approx(expected, abs=1e-6)
     if heads:
@@ -254,8 +308,15 @@ def test_progressive_schedule_matches_restormer():
 
 
 def test_model_cuts_batches_at_the_right_iterations(caplog):
-    datasets = {'train': {'gt_size': 32, 'batch_size_per_gpu': 4, 'mini_batch_sizes': [4, 2], 'gt_sizes': [16, 32],
-                          'iters': [2, 3]}}
+    datasets = {
+        'train': {
+            'gt_size': 32,
+            'batch_size_per_gpu': 4,
+            'mini_batch_sizes': [4, 2],
+            'gt_sizes': [16, 32],
+            'iters': [2, 3]
+        }
+    }
     model = _build(_model_opt('ImageCleanModel', heads=True, is_train=True, datasets=datasets))
     shapes = []
     caplog.set_level('INFO', logger='basicsr')
@@ -310,12 +371,29 @@ def test_model_applies_mixup_in_training_only(val_loader):
 # ---------------------------------------------------------------------------------------------- end to end
 def _base_options(pair_data, name, heads, total_iter=10):
     return {
-        'name': name, 'scale': 1, 'num_gpu': 0, 'manual_seed': 42,
+        'name': name,
+        'scale': 1,
+        'num_gpu': 0,
+        'manual_seed': 42,
         'network_g': _nafnet(heads),
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'logger': {'print_freq': 5, 'save_checkpoint_freq': total_iter, 'use_tb_logger': False,
-                   'wandb': {'project': None, 'resume_id': None}},
-        'dist_params': {'backend': 'nccl', 'port': 29500},
+        'path': {
+            'pretrain_network_g': None,
+            'strict_load_g': True,
+            'resume_state': None
+        },
+        'logger': {
+            'print_freq': 5,
+            'save_checkpoint_freq': total_iter,
+            'use_tb_logger': False,
+            'wandb': {
+                'project': None,
+                'resume_id': None
+            }
+        },
+        'dist_params': {
+            'backend': 'nccl',
+            'port': 29500
+        },
     }
 
 
@@ -325,19 +403,63 @@ def nafnet_fork_options(pair_data, name, heads):
     opt.update({
         'model_type': 'ImageRestorationModel',
         'datasets': {
-            'train': {'name': 'TinyTrain', 'type': 'PairedImageDataset', 'dataroot_gt': pair_data['train'][0],
-                      'dataroot_lq': pair_data['train'][1], 'filename_tmpl': '{}', 'io_backend': {'type': 'disk'},
-                      'gt_size': 32, 'use_flip': True, 'use_rot': True, 'use_shuffle': True, 'num_worker_per_gpu': 0,
-                      'batch_size_per_gpu': 2, 'dataset_enlarge_ratio': 1, 'prefetch_mode': None},
-            'val': {'name': 'TinyVal', 'type': 'PairedImageDataset', 'dataroot_gt': pair_data['val'][0],
-                    'dataroot_lq': pair_data['val'][1], 'io_backend': {'type': 'disk'}},
+            'train': {
+                'name': 'TinyTrain',
+                'type': 'PairedImageDataset',
+                'dataroot_gt': pair_data['train'][0],
+                'dataroot_lq': pair_data['train'][1],
+                'filename_tmpl': '{}',
+                'io_backend': {
+                    'type': 'disk'
+                },
+                'gt_size': 32,
+                'use_flip': True,
+                'use_rot': True,
+                'use_shuffle': True,
+                'num_worker_per_gpu': 0,
+                'batch_size_per_gpu': 2,
+                'dataset_enlarge_ratio': 1,
+                'prefetch_mode': None
+            },
+            'val': {
+                'name': 'TinyVal',
+                'type': 'PairedImageDataset',
+                'dataroot_gt': pair_data['val'][0],
+                'dataroot_lq': pair_data['val'][1],
+                'io_backend': {
+                    'type': 'disk'
+                }
+            },
         },
-        'train': {'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'weight_decay': 1e-3, 'betas': [0.9, 0.9]},
-                  'scheduler': {'type': 'TrueCosineAnnealingLR', 'T_max': 10, 'eta_min': 1e-7},
-                  'total_iter': 10, 'warmup_iter': -1,
-                  'pixel_opt': {'type': 'PSNRLoss', 'loss_weight': 1, 'reduction': 'mean'}},
-        'val': {'val_freq': 10, 'save_img': False, 'grids': True, 'crop_size_h': 32, 'crop_size_w': 32,
-                'max_minibatch': 2, 'metrics': dict(METRICS)},
+        'train': {
+            'optim_g': {
+                'type': 'AdamW',
+                'lr': 1e-3,
+                'weight_decay': 1e-3,
+                'betas': [0.9, 0.9]
+            },
+            'scheduler': {
+                'type': 'TrueCosineAnnealingLR',
+                'T_max': 10,
+                'eta_min': 1e-7
+            },
+            'total_iter': 10,
+            'warmup_iter': -1,
+            'pixel_opt': {
+                'type': 'PSNRLoss',
+                'loss_weight': 1,
+                'reduction': 'mean'
+            }
+        },
+        'val': {
+            'val_freq': 10,
+            'save_img': False,
+            'grids': True,
+            'crop_size_h': 32,
+            'crop_size_w': 32,
+            'max_minibatch': 2,
+            'metrics': dict(METRICS)
+        },
     })
     return opt
 
@@ -345,9 +467,18 @@ def nafnet_fork_options(pair_data, name, heads):
 def _restormer_net(heads):
     if 'Restormer' not in ARCH_REGISTRY:
         return _nafnet(heads)
-    net = dict(type='Restormer', inp_channels=3, out_channels=3, dim=8, num_blocks=[1, 1, 1, 1],
-               num_refinement_blocks=1, heads=[1, 1, 1, 1], ffn_expansion_factor=2, bias=False,
-               LayerNorm_type='WithBias', dual_pixel_task=False)
+    net = dict(
+        type='Restormer',
+        inp_channels=3,
+        out_channels=3,
+        dim=8,
+        num_blocks=[1, 1, 1, 1],
+        num_refinement_blocks=1,
+        heads=[1, 1, 1, 1],
+        ffn_expansion_factor=2,
+        bias=False,
+        LayerNorm_type='WithBias',
+        dual_pixel_task=False)
     if heads:
         net.update(num_heads=K, combine=True)
     return net
@@ -360,22 +491,72 @@ def restormer_fork_options(pair_data, name, heads):
         'model_type': 'ImageCleanModel',
         'network_g': _restormer_net(heads),
         'datasets': {
-            'train': {'name': 'TinyTrain', 'type': 'Dataset_PairedImage', 'dataroot_gt': pair_data['train'][0],
-                      'dataroot_lq': pair_data['train'][1], 'geometric_augs': True, 'filename_tmpl': '{}',
-                      'io_backend': {'type': 'disk'}, 'use_shuffle': True, 'num_worker_per_gpu': 0,
-                      'batch_size_per_gpu': 2, 'mini_batch_sizes': [2, 1], 'iters': [4, 6], 'gt_size': 32,
-                      'gt_sizes': [16, 32], 'dataset_enlarge_ratio': 1, 'prefetch_mode': None},
-            'val': {'name': 'TinyVal', 'type': 'Dataset_PairedImage', 'dataroot_gt': pair_data['val'][0],
-                    'dataroot_lq': pair_data['val'][1], 'io_backend': {'type': 'disk'}},
+            'train': {
+                'name': 'TinyTrain',
+                'type': 'Dataset_PairedImage',
+                'dataroot_gt': pair_data['train'][0],
+                'dataroot_lq': pair_data['train'][1],
+                'geometric_augs': True,
+                'filename_tmpl': '{}',
+                'io_backend': {
+                    'type': 'disk'
+                },
+                'use_shuffle': True,
+                'num_worker_per_gpu': 0,
+                'batch_size_per_gpu': 2,
+                'mini_batch_sizes': [2, 1],
+                'iters': [4, 6],
+                'gt_size': 32,
+                'gt_sizes': [16, 32],
+                'dataset_enlarge_ratio': 1,
+                'prefetch_mode': None
+            },
+            'val': {
+                'name': 'TinyVal',
+                'type': 'Dataset_PairedImage',
+                'dataroot_gt': pair_data['val'][0],
+                'dataroot_lq': pair_data['val'][1],
+                'io_backend': {
+                    'type': 'disk'
+                }
+            },
         },
-        'train': {'total_iter': 10, 'warmup_iter': -1, 'use_grad_clip': True,
-                  'scheduler': {'type': 'CosineAnnealingRestartCyclicLR', 'periods': [4, 6], 'restart_weights': [1, 1],
-                                'eta_mins': [1e-3, 1e-6]},
-                  'mixing_augs': {'mixup': True, 'mixup_beta': 1.2, 'use_identity': True},
-                  'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'weight_decay': 1e-4, 'betas': [0.9, 0.999]},
-                  'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1, 'reduction': 'mean'}},
-        'val': {'window_size': 8, 'val_freq': 10, 'save_img': False, 'rgb2bgr': True, 'use_image': True,
-                'max_minibatch': 8, 'metrics': dict(METRICS)},
+        'train': {
+            'total_iter': 10,
+            'warmup_iter': -1,
+            'use_grad_clip': True,
+            'scheduler': {
+                'type': 'CosineAnnealingRestartCyclicLR',
+                'periods': [4, 6],
+                'restart_weights': [1, 1],
+                'eta_mins': [1e-3, 1e-6]
+            },
+            'mixing_augs': {
+                'mixup': True,
+                'mixup_beta': 1.2,
+                'use_identity': True
+            },
+            'optim_g': {
+                'type': 'AdamW',
+                'lr': 1e-3,
+                'weight_decay': 1e-4,
+                'betas': [0.9, 0.999]
+            },
+            'pixel_opt': {
+                'type': 'L1Loss',
+                'loss_weight': 1,
+                'reduction': 'mean'
+            }
+        },
+        'val': {
+            'window_size': 8,
+            'val_freq': 10,
+            'save_img': False,
+            'rgb2bgr': True,
+            'use_image': True,
+            'max_minibatch': 8,
+            'metrics': dict(METRICS)
+        },
     })
     return opt
 
@@ -396,8 +577,12 @@ def fork_runs(pair_data, tmp_path_factory):
     procs = {}
     for key, (make, heads) in RUNS.items():
         path = write_options(workdir / f'{key}.yml', make(pair_data, key, heads))
-        procs[key] = subprocess.Popen([exe, 'train', '-opt', path], cwd=workdir, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env=env)
+        procs[key] = subprocess.Popen([exe, 'train', '-opt', path],
+                                      cwd=workdir,
+                                      stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE,
+                                      text=True,
+                                      env=env)
     results = {}
     for key, proc in procs.items():
         _, stderr = proc.communicate(timeout=600)

@@ -1,15 +1,16 @@
 """GoPro-style pair generator: the procedure (linear-light mean through the CRF, middle-frame label), determinism,
 the photo split, BasicSR readability (folder and lmdb) and the command line."""
+# isort: off
 import basicsr_mh  # noqa: F401  (must precede basicsr imports)
-import json
-import os
-
+# isort: on
 import cv2
+import json
 import numpy as np
+import os
 import pytest
 
 from basicsr_mh.data.camera_trajectory import CameraTrajectory, MotionParams, TrajectoryConfig, sample_trajectory
-from basicsr_mh.data.crf import GammaCRF, SRGBCRF
+from basicsr_mh.data.crf import SRGBCRF, GammaCRF
 from basicsr_mh.data.gopro_synth import (PHOTO_SOURCES, TRAIN_PHOTOS, VAL_PHOTOS, SynthConfig, blur_burst, load_photo,
                                          main, make_dataset, pair_rng, render_burst, synthesize_pair, to_uint8)
 
@@ -152,9 +153,18 @@ def test_readable_by_basicsr_paired_dataset(tmp_path, lmdb):
         meta = open(os.path.join(paths['train']['gt'], 'meta_info.txt')).read().split('\n')
         assert meta[0].endswith('.png (36,36,3) 1') and len([m for m in meta if m]) == 4
     for split, num in (('train', 4), ('val', 2)):
-        opt = {'name': split, 'type': 'PairedImageDataset', 'phase': 'val', 'scale': 1, 'filename_tmpl': '{}',
-               'dataroot_gt': paths[split]['gt'], 'dataroot_lq': paths[split]['lq'],
-               'io_backend': {'type': 'lmdb' if lmdb else 'disk'}}
+        opt = {
+            'name': split,
+            'type': 'PairedImageDataset',
+            'phase': 'val',
+            'scale': 1,
+            'filename_tmpl': '{}',
+            'dataroot_gt': paths[split]['gt'],
+            'dataroot_lq': paths[split]['lq'],
+            'io_backend': {
+                'type': 'lmdb' if lmdb else 'disk'
+            }
+        }
         dataset = build_dataset(opt)
         assert len(dataset) == num
         item = dataset[0]

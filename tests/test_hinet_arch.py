@@ -7,22 +7,23 @@ HINet with ``sam12.conv2`` / ``last`` set to one head's weights, and for stage 2
 stage-1 head images concatenated. Optional tests run the published code (see ``test_local_arch.py`` for
 ``BASICSR_MH_REFERENCE``).
 """
+# isort: off
 import basicsr_mh  # noqa: F401  (must come before basicsr)
+# isort: on
 import copy
 import os
-from collections import OrderedDict
-
 import pytest
 import torch
+from basicsr.utils.registry import ARCH_REGISTRY
+from collections import OrderedDict
+# helpers of the TLC tests (pytest puts tests/ on sys.path: the folder has no __init__.py)
+from test_local_arch import find_reference_archs, reference_arch_modules
 from torch import nn as nn
 from torch.nn import functional as F
 
-from basicsr.utils.registry import ARCH_REGISTRY
 from basicsr_mh.archs.hinet_arch import HINet, HINetLocal, pad_to_size
 from basicsr_mh.archs.local_arch import LocalAvgPool2d
 from basicsr_mh.archs.multihead_arch import MultiHeadArch, MultiHeadConv2d, MultiHeadInputConv2d, extended_head_pairs
-# helpers of the TLC tests (pytest puts tests/ on sys.path: the folder has no __init__.py)
-from test_local_arch import find_reference_archs, reference_arch_modules
 
 TINY = dict(wf=8, depth=3, hin_position_left=1, hin_position_right=2)
 DEFAULT_PARAMS = 88669702  # HINet() counted with the published code

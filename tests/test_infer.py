@@ -1,18 +1,17 @@
 """`basicsr-mh infer`: odd sizes, grayscale, corrupt files, all heads, selection rules, tiling."""
-import hashlib
-import os
-
 import cv2
+import hashlib
 import numpy as np
+import os
 import pytest
 import torch
+from conftest import write_options
 from torch import nn
 
 from basicsr_mh import cli
 from basicsr_mh.tools.common import build_net
 from basicsr_mh.tools.runner import HeadRunner
 from basicsr_mh.tools.selection import select, sharpness_scores
-from conftest import write_options
 
 NAFNET = dict(type='NAFNet', img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
 K, K_EXT = 3, 6
@@ -26,10 +25,23 @@ def _save_model(folder, net_opt, best_head=4):
         for p in net.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=gen))
     ckpt = os.path.join(folder, 'net_g.pth')
-    torch.save({'params': net.state_dict(), 'multihead': {'num_heads': net.num_heads, 'combine': net.combine,
-                                                          'best_head': best_head}}, ckpt)
-    return write_options(os.path.join(folder, 'test.yml'), {
-        'name': 'infer', 'network_g': net_opt, 'path': {'pretrain_network_g': ckpt}})
+    torch.save(
+        {
+            'params': net.state_dict(),
+            'multihead': {
+                'num_heads': net.num_heads,
+                'combine': net.combine,
+                'best_head': best_head
+            }
+        }, ckpt)
+    return write_options(
+        os.path.join(folder, 'test.yml'), {
+            'name': 'infer',
+            'network_g': net_opt,
+            'path': {
+                'pretrain_network_g': ckpt
+            }
+        })
 
 
 @pytest.fixture(scope='module')
@@ -68,26 +80,34 @@ def test_best_head_sizes_gray_and_skipped(setup, tmp_path, capsys):
 def test_all_heads_and_refusals(setup, tmp_path, capsys):
     _, opt, inp = setup
     out = tmp_path / 'all'
-    assert cli.main(['infer', '--opt', opt, '--input', str(inp), '--output', str(out), '--heads', 'all',
-                     '--quiet']) == 0
+    assert cli.main(['infer', '--opt', opt, '--input',
+                     str(inp), '--output',
+                     str(out), '--heads', 'all', '--quiet']) == 0
     names = os.listdir(out)
     assert len(names) == 3 * K_EXT
     assert {f'odd_h{k}.png' for k in range(K_EXT)} <= set(names)
     assert cli.main(['infer', '--opt', opt, '--input', str(inp), '--output', str(inp)]) == 1
     assert 'input folder' in capsys.readouterr().err
     assert cli.main(['infer', '--opt', opt, '--input', str(inp / 'odd.png'), '--output', str(inp)]) == 1
-    assert cli.main(['infer', '--opt', opt, '--input', str(inp / 'corrupt.png'), '--output', str(tmp_path / 'n'),
-                     '--quiet']) == 1  # nothing readable
-    assert cli.main(['infer', '--opt', opt, '--input', str(inp), '--output', str(tmp_path / 'x'), '--heads', '2',
-                     '--select', 'mean']) == 1
+    assert cli.main(
+        ['infer', '--opt', opt, '--input',
+         str(inp / 'corrupt.png'), '--output',
+         str(tmp_path / 'n'), '--quiet']) == 1  # nothing readable
+    assert cli.main([
+        'infer', '--opt', opt, '--input',
+        str(inp), '--output',
+        str(tmp_path / 'x'), '--heads', '2', '--select', 'mean'
+    ]) == 1
 
 
 @pytest.mark.parametrize('rule', ['consensus', 'mean', 'sharpness'])
 def test_select_cli_writes_choices(setup, tmp_path, rule):
     _, opt, inp = setup
     out = tmp_path / rule
-    assert cli.main(['infer', '--opt', opt, '--input', str(inp / 'odd.png'), '--output', str(out), '--select', rule,
-                     '--quiet']) == 0
+    assert cli.main(
+        ['infer', '--opt', opt, '--input',
+         str(inp / 'odd.png'), '--output',
+         str(out), '--select', rule, '--quiet']) == 0
     assert cv2.imread(str(out / 'odd.png')).shape == (37, 45, 3)
     lines = (out / 'selection.csv').read_text().splitlines()
     assert lines[0] == 'image,rule,head' and lines[1].startswith(f'odd.png,{rule},')

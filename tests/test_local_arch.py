@@ -13,24 +13,25 @@ multi-output deblurring repository, e.g.::
 
 They are skipped otherwise.
 """
+# isort: off
 import basicsr_mh  # noqa: F401  (must come before basicsr)
+# isort: on
 import contextlib
 import os
-import sys
-import types
-from pathlib import Path
-
 import pytest
+import sys
 import torch
+import types
+from basicsr.utils.registry import ARCH_REGISTRY
+from pathlib import Path
+# helpers of the NAFNet tests (pytest puts tests/ on sys.path: the folder has no __init__.py)
+from test_nafnet_arch import _layout, _randomize_block_scalars, reference_layout
 from torch import nn as nn
 from torch.nn import functional as F
 
-from basicsr.utils.registry import ARCH_REGISTRY
 from basicsr_mh.archs.local_arch import LocalAvgPool2d, LocalBase, NAFNetLocal, local_base_size, replace_global_pooling
 from basicsr_mh.archs.multihead_arch import MultiHeadArch, extended_head_pairs
 from basicsr_mh.archs.nafnet_arch import NAFNet
-# helpers of the NAFNet tests (pytest puts tests/ on sys.path: the folder has no __init__.py)
-from test_nafnet_arch import _layout, _randomize_block_scalars, reference_layout
 
 TINY = dict(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
 TRAIN = (1, 3, 32, 32)

@@ -4,14 +4,15 @@ Expected values are computed by hand here, sample by sample; ``MinHeadLoss(PSNRL
 the reference ``MultiHeadPSNRLoss`` (Liu-SD/multi-output-deblur, ``NAFNet-main/basicsr/models/losses/losses.py``):
 ``loss_weight * 10 / ln(10) * log(min_k mse[b, k] + 1e-8).mean()``.
 """
+# isort: off
 import basicsr_mh  # noqa: F401  (must come before basicsr)
+# isort: on
 import math
-
 import pytest
 import torch
-
 from basicsr.losses import build_loss
 from basicsr.utils.registry import LOSS_REGISTRY
+
 from basicsr_mh.losses.min_head_loss import MinHeadLoss
 from basicsr_mh.losses.psnr_loss import PSNRLoss
 

@@ -1,6 +1,5 @@
 """The forks' schedulers against their closed forms, and the scheduler builder (BasicSR's types, clear errors)."""
 import math
-
 import pytest
 import torch
 
@@ -47,7 +46,10 @@ def _cyclic_closed_form(t, periods, weights, eta_mins, base_lr=BASE_LR):
 def test_cosine_annealing_restart_cyclic_closed_form():
     periods, weights, eta_mins = [4, 6], [1, 0.5], [2e-4, 1e-6]
     sched = build_scheduler(_optimizer(), {
-        'type': 'CosineAnnealingRestartCyclicLR', 'periods': periods, 'restart_weights': weights, 'eta_mins': eta_mins
+        'type': 'CosineAnnealingRestartCyclicLR',
+        'periods': periods,
+        'restart_weights': weights,
+        'eta_mins': eta_mins
     })
     assert isinstance(sched, CosineAnnealingRestartCyclicLR)
     lrs = _lr_per_iter(sched, 14)
@@ -61,8 +63,8 @@ def test_cosine_annealing_restart_cyclic_closed_form():
 def test_restormer_gopro_shape_constant_then_cosine():
     """Restormer's file: eta_mins[0] = base LR makes cycle 1 constant, then a cosine to the second floor."""
     base = 3e-4
-    sched = CosineAnnealingRestartCyclicLR(_optimizer(base), periods=[3, 5], restart_weights=[1, 1],
-                                           eta_mins=[base, 1e-6])
+    sched = CosineAnnealingRestartCyclicLR(
+        _optimizer(base), periods=[3, 5], restart_weights=[1, 1], eta_mins=[base, 1e-6])
     lrs = _lr_per_iter(sched, 9)
     assert lrs[:4] == pytest.approx([base] * 4)
     assert lrs[8] == pytest.approx(1e-6)
@@ -79,8 +81,12 @@ def test_linear_lr_defaults_to_total_iter():
 
 
 def test_state_dict_resume_continues_the_curve():
-    opt = {'type': 'CosineAnnealingRestartCyclicLR', 'periods': [4, 6], 'restart_weights': [1, 1],
-           'eta_mins': [1e-4, 1e-6]}
+    opt = {
+        'type': 'CosineAnnealingRestartCyclicLR',
+        'periods': [4, 6],
+        'restart_weights': [1, 1],
+        'eta_mins': [1e-4, 1e-6]
+    }
     full = _lr_per_iter(build_scheduler(_optimizer(), opt), 10)
     first = build_scheduler(_optimizer(), opt)
     _lr_per_iter(first, 5)
@@ -113,8 +119,12 @@ def test_basicsr_types_and_errors():
     with pytest.raises(ValueError, match="unexpected keyword argument 'eta_mins'.*arguments of TrueCosineAnnealingLR"):
         build_scheduler(_optimizer(), {'type': 'TrueCosineAnnealingLR', 'T_max': 4, 'eta_mins': [0]})
     with pytest.raises(ValueError, match='eta_mins has 1 entries but periods has 2'):
-        build_scheduler(_optimizer(), {'type': 'CosineAnnealingRestartCyclicLR', 'periods': [2, 2],
-                                       'restart_weights': [1, 1], 'eta_mins': [0]})
+        build_scheduler(_optimizer(), {
+            'type': 'CosineAnnealingRestartCyclicLR',
+            'periods': [2, 2],
+            'restart_weights': [1, 1],
+            'eta_mins': [0]
+        })
     with pytest.raises(ValueError, match='positive total_iter'):
         build_scheduler(_optimizer(), {'type': 'LinearLR'})
     opt = {'type': 'TrueCosineAnnealingLR', 'T_max': 4}

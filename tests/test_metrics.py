@@ -6,7 +6,9 @@ shift, brightness, out-of-range values, an exact copy), so a mix-up between head
 import importlib
 import warnings
 
+# isort: off
 import basicsr_mh  # noqa: F401  (must precede basicsr imports: installs the torchvision alias)
+# isort: on
 import cv2
 import numpy as np
 import pytest
@@ -266,9 +268,21 @@ def test_joint_psnr_ssim_and_per_head_many(rgb_batch):
     assert torch.equal(psnr, psnr_per_head(pred, gt, crop_border=3, test_y_channel=True))
     assert torch.allclose(ssim, ssim_per_head(pred, gt, crop_border=3, test_y_channel=True), atol=1e-7)
     opts = {
-        'psnr': {'type': 'calculate_psnr', 'crop_border': 3, 'test_y_channel': True, 'better': 'higher'},
-        'ssim': {'type': 'calculate_ssim', 'crop_border': 3, 'test_y_channel': True},
-        'psnr_rgb': {'type': 'calculate_psnr', 'crop_border': 0},
+        'psnr': {
+            'type': 'calculate_psnr',
+            'crop_border': 3,
+            'test_y_channel': True,
+            'better': 'higher'
+        },
+        'ssim': {
+            'type': 'calculate_ssim',
+            'crop_border': 3,
+            'test_y_channel': True
+        },
+        'psnr_rgb': {
+            'type': 'calculate_psnr',
+            'crop_border': 0
+        },
     }
     many = per_head_many(pred, gt, opts)
     assert list(many) == list(opts)

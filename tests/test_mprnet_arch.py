@@ -6,21 +6,22 @@ checked, stage by stage, against a functional oracle of the reference ``MHMPRNet
 ``sam12.conv2`` / ``sam23.conv2`` / ``tail`` weights, and multi-head SAMs (``conv3`` reading the K head images) for the
 earlier stages. Optional tests run the published code (set ``BASICSR_MH_REFERENCE``, see ``test_local_arch.py``).
 """
+# isort: off
 import basicsr_mh  # noqa: F401  (must come before basicsr)
+# isort: on
 import os
-import types
-from pathlib import Path
-
 import pytest
 import torch
+import types
+from basicsr.utils.registry import ARCH_REGISTRY
+from pathlib import Path
+# helpers of the HINet tests (pytest puts tests/ on sys.path: the folder has no __init__.py)
+from test_hinet_arch import _layout, all_heads_sam, assert_pairs, plain_state, randomize
 from torch import nn as nn
 
-from basicsr.utils.registry import ARCH_REGISTRY
 from basicsr_mh.archs.hinet_arch import pad_to_size
 from basicsr_mh.archs.mprnet_arch import MPRNet
 from basicsr_mh.archs.multihead_arch import MultiHeadArch, MultiHeadConv2d, MultiHeadInputConv2d, extended_head_pairs
-# helpers of the HINet tests (pytest puts tests/ on sys.path: the folder has no __init__.py)
-from test_hinet_arch import _layout, all_heads_sam, assert_pairs, plain_state, randomize
 
 # channel counts chosen so that no conv other than the image convs has 3 output channels
 TINY = dict(n_feat=8, scale_unetfeats=8, scale_orsnetfeats=8, num_cab=1)

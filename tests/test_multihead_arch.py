@@ -6,24 +6,25 @@ The multi-head NAFNet is checked against an independent functional oracle of the
 ``for i in range(K): for j in range(i + 1)`` -> ``+ inp`` -> crop. An optional test runs the reference code itself:
 set ``BASICSR_MH_REFERENCE`` to a checkout of the multi-output deblurring repository; it is skipped otherwise.
 """
+# isort: off
 import basicsr_mh  # noqa: F401  (must come before basicsr)
+# isort: on
 import copy
 import os
-import sys
-import types
-from collections import OrderedDict
-
 import pytest
+import sys
 import torch
+import types
+from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
+from collections import OrderedDict
+# helpers of the NAFNet tests (pytest puts tests/ on sys.path: the folder has no __init__.py)
+from test_nafnet_arch import _REF_PACKAGE, _find_reference_archs, _randomize_block_scalars, _reference_modules
 from torch import nn as nn
 
-from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 from basicsr_mh.archs.multihead_arch import MultiHeadArch, MultiHeadConv2d, extended_head_pairs, num_extended_heads
 from basicsr_mh.archs.nafnet_arch import NAFNet
 from basicsr_mh.losses.min_head_loss import MinHeadLoss
 from basicsr_mh.losses.psnr_loss import PSNRLoss
-# helpers of the NAFNet tests (pytest puts tests/ on sys.path: the folder has no __init__.py)
-from test_nafnet_arch import _REF_PACKAGE, _find_reference_archs, _randomize_block_scalars, _reference_modules
 
 TINY = dict(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
 PAIRS_K4 = [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2), (3, 3)]
@@ -320,15 +321,24 @@ def test_one_head_combine_is_five_dimensional():
 # --------------------------------------------------------------------------------------------------------------------
 # 7. upstream BasicSR backbones
 # --------------------------------------------------------------------------------------------------------------------
-SWIN = dict(img_size=16, patch_size=1, in_chans=3, embed_dim=12, depths=[1], num_heads=[2], window_size=4, mlp_ratio=1.,
-            img_range=1., resi_connection='1conv')
+SWIN = dict(
+    img_size=16,
+    patch_size=1,
+    in_chans=3,
+    embed_dim=12,
+    depths=[1],
+    num_heads=[2],
+    window_size=4,
+    mlp_ratio=1.,
+    img_range=1.,
+    resi_connection='1conv')
 UPSTREAM = {
-    'MSRResNet-x4': (dict(type='MSRResNet', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, upscale=4), 'conv_last',
-                     (2, 3, 10, 13), 4),
-    'RRDBNet-x4': (dict(type='RRDBNet', num_in_ch=3, num_out_ch=3, scale=4, num_feat=8, num_block=1, num_grow_ch=4),
-                   'conv_last', (2, 3, 9, 12), 4),
-    'EDSR-x4': (dict(type='EDSR', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, upscale=4, img_range=255.),
-                'conv_last', (2, 3, 10, 7), 4),
+    'MSRResNet-x4': (dict(type='MSRResNet', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1,
+                          upscale=4), 'conv_last', (2, 3, 10, 13), 4),
+    'RRDBNet-x4': (dict(type='RRDBNet', num_in_ch=3, num_out_ch=3, scale=4, num_feat=8, num_block=1,
+                        num_grow_ch=4), 'conv_last', (2, 3, 9, 12), 4),
+    'EDSR-x4': (dict(type='EDSR', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, upscale=4,
+                     img_range=255.), 'conv_last', (2, 3, 10, 7), 4),
     'SwinIR-x1': (dict(type='SwinIR', upscale=1, upsampler='', **SWIN), 'conv_last', (2, 3, 16, 12), 1),
     'SwinIR-x4': (dict(type='SwinIR', upscale=4, upsampler='pixelshuffle', **SWIN), 'conv_last', (1, 3, 8, 12), 4),
 }
@@ -422,8 +432,8 @@ def _per_sample_winner_grads(net, x, gt, winners, loss):
     return {n: p.grad.detach().clone() for n, p in net.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize('combine, wanted, dead', [(False, [2, 0, 2], [1, 3]), (True, [4, 0, 4], [3])],
-                         ids=['no-combine', 'combine'])
+@pytest.mark.parametrize(
+    'combine, wanted, dead', [(False, [2, 0, 2], [1, 3]), (True, [4, 0, 4], [3])], ids=['no-combine', 'combine'])
 def test_min_head_loss_gradient_reaches_winners_only(combine, wanted, dead):
     net = _mh_nafnet(num_heads=4, combine=combine, seed=0).train()
     x = torch.rand(3, 3, 16, 20)

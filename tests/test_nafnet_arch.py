@@ -5,18 +5,19 @@ The parameter layout is checked against an independent listing written from the 
 published code itself: set ``BASICSR_MH_REFERENCE`` to a checkout of the NAFNet repository or of the multi-output
 deblurring repository (with ``NAFNet-main/basicsr/models/archs/NAFNet_arch.py``); it is skipped otherwise.
 """
+# isort: off
 import basicsr_mh  # noqa: F401  (must come before basicsr)
+# isort: on
 import contextlib
 import os
-import sys
-import types
-from pathlib import Path
-
 import pytest
+import sys
 import torch
+import types
+from basicsr.utils.registry import ARCH_REGISTRY
+from pathlib import Path
 from torch import nn as nn
 
-from basicsr.utils.registry import ARCH_REGISTRY
 from basicsr_mh.archs.arch_util import LayerNorm2d, SimpleGate
 from basicsr_mh.archs.nafnet_arch import NAFBlock, NAFNet
 
@@ -42,15 +43,12 @@ def reference_block_layout(prefix, c):
         come before those of its children, children in the order of creation).
     """
     dw, ffn = 2 * c, 2 * c
-    layout = [('beta', (1, c, 1, 1)), ('gamma', (1, c, 1, 1)),
-              ('conv1.weight', (dw, c, 1, 1)), ('conv1.bias', (dw, )),
-              ('conv2.weight', (dw, 1, 3, 3)), ('conv2.bias', (dw, )),
-              ('conv3.weight', (c, dw // 2, 1, 1)), ('conv3.bias', (c, )),
-              ('sca.1.weight', (dw // 2, dw // 2, 1, 1)), ('sca.1.bias', (dw // 2, )),
-              ('conv4.weight', (ffn, c, 1, 1)), ('conv4.bias', (ffn, )),
-              ('conv5.weight', (c, ffn // 2, 1, 1)), ('conv5.bias', (c, )),
-              ('norm1.weight', (c, )), ('norm1.bias', (c, )),
-              ('norm2.weight', (c, )), ('norm2.bias', (c, ))]
+    layout = [('beta', (1, c, 1, 1)), ('gamma', (1, c, 1, 1)), ('conv1.weight', (dw, c, 1, 1)), ('conv1.bias', (dw, )),
+              ('conv2.weight', (dw, 1, 3, 3)), ('conv2.bias', (dw, )), ('conv3.weight', (c, dw // 2, 1, 1)),
+              ('conv3.bias', (c, )), ('sca.1.weight', (dw // 2, dw // 2, 1, 1)), ('sca.1.bias', (dw // 2, )),
+              ('conv4.weight', (ffn, c, 1, 1)), ('conv4.bias', (ffn, )), ('conv5.weight', (c, ffn // 2, 1, 1)),
+              ('conv5.bias', (c, )), ('norm1.weight', (c, )), ('norm1.bias', (c, )), ('norm2.weight', (c, )),
+              ('norm2.bias', (c, ))]
     return [(prefix + name, shape) for name, shape in layout]
 
 
@@ -112,9 +110,9 @@ def _randomize_block_scalars(model, seed=0):
 # --------------------------------------------------------------------------------------------------------------------
 # (a) parameter layout of the published checkpoints
 # --------------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize('config, n_params', [(GOPRO_WIDTH32, GOPRO_WIDTH32_PARAMS),
-                                              (GOPRO_WIDTH64, GOPRO_WIDTH64_PARAMS)],
-                         ids=['gopro-width32', 'gopro-width64'])
+@pytest.mark.parametrize(
+    'config, n_params', [(GOPRO_WIDTH32, GOPRO_WIDTH32_PARAMS), (GOPRO_WIDTH64, GOPRO_WIDTH64_PARAMS)],
+    ids=['gopro-width32', 'gopro-width64'])
 def test_published_layout(config, n_params):
     expected = reference_layout(**config)
     assert sum(torch.Size(shape).numel() for _, shape in expected) == n_params
@@ -199,11 +197,12 @@ def reference():
         yield modules
 
 
-@pytest.mark.parametrize('config, size', [(TINY, (2, 3, 17, 23)),
-                                          (dict(img_channel=3, width=8, middle_blk_num=2, enc_blk_nums=[2, 1, 1],
-                                                dec_blk_nums=[1, 1, 2]), (1, 3, 30, 41)),
-                                          (GOPRO_WIDTH32, (1, 3, 48, 40))],
-                         ids=['tiny', 'small', 'gopro-width32'])
+@pytest.mark.parametrize(
+    'config, size',
+    [(TINY, (2, 3, 17, 23)),
+     (dict(img_channel=3, width=8, middle_blk_num=2, enc_blk_nums=[2, 1, 1], dec_blk_nums=[1, 1, 2]), (1, 3, 30, 41)),
+     (GOPRO_WIDTH32, (1, 3, 48, 40))],
+    ids=['tiny', 'small', 'gopro-width32'])
 def test_matches_reference(reference, config, size):
     torch.manual_seed(0)
     ref_net = _randomize_block_scalars(reference['NAFNet_arch'].NAFNet(**config), seed=1)
@@ -353,7 +352,10 @@ def test_layernorm2d_values_and_gradients():
     weight = ln64.weight.detach().clone().requires_grad_(True)
     bias = ln64.bias.detach().clone().requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda inp, w, b: torch.func.functional_call(ln64, {'weight': w, 'bias': b}, (inp, )), (x64, weight, bias))
+        lambda inp, w, b: torch.func.functional_call(ln64, {
+            'weight': w,
+            'bias': b
+        }, (inp, )), (x64, weight, bias))
 
 
 def test_layernorm2d_backward_equals_autograd_of_the_plain_ops():

@@ -1,14 +1,13 @@
 """A NaN loss stops training with an error naming the iteration and the head, or is skipped; no NaN checkpoint."""
 import glob
 import os
-
 import pytest
 import torch
+from conftest import srmodel_options, write_options
 
 from basicsr_mh.models.checkpoint import NonFiniteError
 from basicsr_mh.models.multihead_model import MultiHeadImageRestorationModel
 from basicsr_mh.train import train_pipeline
-from conftest import srmodel_options, write_options
 
 BAD_ITER, BAD_HEAD = 3, 2
 
@@ -21,10 +20,12 @@ def nan_at_iter3(monkeypatch):
     def optimize(self, current_iter, tb_logger=None):
         handle = None
         if current_iter == BAD_ITER:
+
             def hook(module, args, output):
                 output = output.clone()
                 output[:, BAD_HEAD] = float('nan')
                 return output
+
             handle = self.net_g.register_forward_hook(hook)
         try:
             return original(self, current_iter, tb_logger)

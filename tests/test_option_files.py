@@ -10,7 +10,9 @@ import re
 import subprocess
 import sys
 
+# isort: off
 import basicsr_mh  # noqa: F401  (before basicsr: installs the torchvision alias, fills the registries)
+# isort: on
 import pytest
 import torch
 import yaml

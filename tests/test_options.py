@@ -1,14 +1,13 @@
 """Option upgrades (short form -> MultiHeadArch, SRModel -> multi-head model) and early, clear option errors."""
 import copy
 import os
+import pytest
 import subprocess
 import sys
-
-import pytest
+from conftest import srmodel_options, write_options
 
 from basicsr_mh.cli_options import parse_options
 from basicsr_mh.options import upgrade_network_options, upgrade_options
-from conftest import srmodel_options, write_options
 
 
 def test_short_form_becomes_long_form():
@@ -36,12 +35,24 @@ def test_srmodel_upgraded_with_one_log_line(pair_data):
 
 
 @pytest.mark.parametrize('net_update, fragment', [
-    ({'num_heads': 0}, 'num_heads must be >= 1'),
-    ({'num_heads': 2.5}, 'num_heads must be an integer'),
-    ({'num_heads': 'four'}, 'num_heads must be an integer'),
-    ({'num_heads': True}, 'num_heads must be an integer'),
-    ({'combine': 'yes'}, 'combine must be true or false'),
-    ({'type': 'NAFNett'}, 'Close names: [\'NAFNet\''),
+    ({
+        'num_heads': 0
+    }, 'num_heads must be >= 1'),
+    ({
+        'num_heads': 2.5
+    }, 'num_heads must be an integer'),
+    ({
+        'num_heads': 'four'
+    }, 'num_heads must be an integer'),
+    ({
+        'num_heads': True
+    }, 'num_heads must be an integer'),
+    ({
+        'combine': 'yes'
+    }, 'combine must be true or false'),
+    ({
+        'type': 'NAFNett'
+    }, 'Close names: [\'NAFNet\''),
 ])
 def test_bad_network_options_name_the_key(pair_data, net_update, fragment):
     opt = srmodel_options(pair_data, 'bad')

@@ -1,14 +1,13 @@
 """Dataset_PairedImage (Restormer): aligned pairs under geometric augmentations, padding, lmdb, meta info, templates."""
-import os
-import random
-
 import cv2
 import numpy as np
+import os
 import pytest
+import random
 import torch
-
 from basicsr.data import build_dataset
 from basicsr.utils.registry import DATASET_REGISTRY
+
 from basicsr_mh.data.paired_image_dataset import Dataset_PairedImage, geometric_transform
 
 
@@ -29,8 +28,18 @@ def _write_pairs(root, sizes, same=True, lq_suffix=''):
 
 
 def _opt(gt_dir, lq_dir, phase='train', **extra):
-    opt = {'name': 'T', 'type': 'Dataset_PairedImage', 'dataroot_gt': gt_dir, 'dataroot_lq': lq_dir,
-           'io_backend': {'type': 'disk'}, 'filename_tmpl': '{}', 'phase': phase, 'scale': 1}
+    opt = {
+        'name': 'T',
+        'type': 'Dataset_PairedImage',
+        'dataroot_gt': gt_dir,
+        'dataroot_lq': lq_dir,
+        'io_backend': {
+            'type': 'disk'
+        },
+        'filename_tmpl': '{}',
+        'phase': phase,
+        'scale': 1
+    }
     opt.update(extra)
     return opt
 
@@ -48,8 +57,16 @@ def test_registered_and_needs_gt_size_for_training(tmp_path):
 
 def test_geometric_transform_matches_restormer_modes():
     img = np.arange(2 * 3 * 1).reshape(2, 3, 1)
-    expected = [img, np.flipud(img), np.rot90(img), np.flipud(np.rot90(img)), np.rot90(img, k=2),
-                np.flipud(np.rot90(img, k=2)), np.rot90(img, k=3), np.flipud(np.rot90(img, k=3))]
+    expected = [
+        img,
+        np.flipud(img),
+        np.rot90(img),
+        np.flipud(np.rot90(img)),
+        np.rot90(img, k=2),
+        np.flipud(np.rot90(img, k=2)),
+        np.rot90(img, k=3),
+        np.flipud(np.rot90(img, k=3))
+    ]
     for mode, exp in enumerate(expected):
         assert np.array_equal(geometric_transform(img, mode), exp)
     outputs = [geometric_transform(img, m) for m in range(8)]

@@ -13,7 +13,9 @@ import shutil
 import subprocess
 import sys
 
+# isort: off
 import basicsr_mh  # noqa: F401  (before basicsr: installs the torchvision alias)
+# isort: on
 import cv2
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 import importlib.util
 import json
 import os
-
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,15 +25,27 @@ def _record(label, k, combine, seed, it, psnr, overall=None, worst=None, elapsed
 @pytest.fixture
 def records(tmp_path):
     """Single-head reached iteration 20 with both seeds; MH-C (K = 2, combine) only 10: the tables use 10."""
-    meta = {'preset_name': 'unit', 'preset': dict(width=8, iters=20, batch=2, patch=16, num_train=4, num_val=2, size=32,
-                                                  seeds=[0, 1], ks=[1, 2]),
-            'device': 'CPU', 'jobs': 2, 'torch': 'x', 'input': {'psnr': 20.0, 'ssim': 0.4}}
-    lines = [{'meta': dict(meta, seconds=0.0)},
-             _record('single-head', 1, False, 0, 10, 21.0), _record('single-head', 1, False, 1, 10, 23.0),
-             _record('single-head', 1, False, 0, 20, 25.0, elapsed=9.0),
-             _record('single-head', 1, False, 1, 20, 26.0, elapsed=9.5),
-             dict(_record('K=2 +combine', 2, True, 0, 10, 22.0, 22.5, 18.0), win_h0=0.6, win_h1=0.3, win_h2=0.1),
-             dict(_record('K=2 +combine', 2, True, 1, 10, 24.0, 24.5, 19.0), win_h0=0.2, win_h1=0.8, win_h2=0.0)]
+    meta = {
+        'preset_name': 'unit',
+        'preset': dict(width=8, iters=20, batch=2, patch=16, num_train=4, num_val=2, size=32, seeds=[0, 1], ks=[1, 2]),
+        'device': 'CPU',
+        'jobs': 2,
+        'torch': 'x',
+        'input': {
+            'psnr': 20.0,
+            'ssim': 0.4
+        }
+    }
+    header = {'meta': dict(meta, seconds=0.0)}
+    lines = [
+        header,
+        _record('single-head', 1, False, 0, 10, 21.0),
+        _record('single-head', 1, False, 1, 10, 23.0),
+        _record('single-head', 1, False, 0, 20, 25.0, elapsed=9.0),
+        _record('single-head', 1, False, 1, 20, 26.0, elapsed=9.5),
+        dict(_record('K=2 +combine', 2, True, 0, 10, 22.0, 22.5, 18.0), win_h0=0.6, win_h1=0.3, win_h2=0.1),
+        dict(_record('K=2 +combine', 2, True, 1, 10, 24.0, 24.5, 19.0), win_h0=0.2, win_h1=0.8, win_h2=0.0),
+    ]
     path = tmp_path / 'quality_unit.records.jsonl'
     path.write_text(''.join(json.dumps(line) + '\n' for line in lines))
     return path
@@ -46,7 +57,7 @@ def test_rows_use_the_last_iteration_every_run_reached(quality, records):
     assert [r['label'] for r in rows] == ['single-head', 'K=2 +combine']
     single, mhc = rows
     assert single['aggregate']['psnr']['mean'] == pytest.approx(22.0)
-    assert single['aggregate']['psnr']['std'] == pytest.approx(2 ** 0.5)
+    assert single['aggregate']['psnr']['std'] == pytest.approx(2**0.5)
     # one output: overall (7a) and worst are the single head's value
     assert single['aggregate']['psnr_overall']['values'] == [21.0, 23.0]
     assert single['aggregate']['psnr_worst']['values'] == [21.0, 23.0]

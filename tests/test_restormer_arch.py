@@ -10,25 +10,34 @@ Optional tests compare with the published code itself: set ``BASICSR_MH_REFERENC
 multi-output deblurring repository (with ``Restormer-main/basicsr_restormer/models/archs/``) or of Restormer; they
 are skipped otherwise, and when ``einops`` (needed by the reference code only) is missing.
 """
+# isort: off
 import basicsr_mh  # noqa: F401  (must come before basicsr)
+# isort: on
 import os
-import types
-from collections import OrderedDict
-from pathlib import Path
-
 import pytest
 import torch
+import types
+from basicsr.utils.registry import ARCH_REGISTRY
+from collections import OrderedDict
+from pathlib import Path
 from torch.nn import functional as F
 
-from basicsr.utils.registry import ARCH_REGISTRY
 from basicsr_mh.archs.multihead_arch import MultiHeadArch, MultiHeadConv2d, extended_head_pairs
 from basicsr_mh.archs.restormer_arch import BiasFreeLayerNorm, Restormer, RestormerLayerNorm, WithBiasLayerNorm
 
 # published default configuration (motion deblurring; dual-pixel defocus deblurring adds inp_channels=6 and
 # dual_pixel_task=True); parameter counts of the published implementation, counted with its own code
-DEFAULT = dict(inp_channels=3, out_channels=3, dim=48, num_blocks=[4, 6, 6, 8], num_refinement_blocks=4,
-               heads=[1, 2, 4, 8], ffn_expansion_factor=2.66, bias=False, LayerNorm_type='WithBias',
-               dual_pixel_task=False)
+DEFAULT = dict(
+    inp_channels=3,
+    out_channels=3,
+    dim=48,
+    num_blocks=[4, 6, 6, 8],
+    num_refinement_blocks=4,
+    heads=[1, 2, 4, 8],
+    ffn_expansion_factor=2.66,
+    bias=False,
+    LayerNorm_type='WithBias',
+    dual_pixel_task=False)
 DEFAULT_PARAMS = 26126644
 DUAL_PIXEL = dict(DEFAULT, inp_channels=6, dual_pixel_task=True)
 DUAL_PIXEL_PARAMS = 26132548
@@ -38,8 +47,8 @@ BIAS_FREE_PARAMS = 26111668
 TINY = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2])
 TINY_BIAS_FREE = dict(TINY, LayerNorm_type='BiasFree', bias=True)
 TINY_DUAL = dict(TINY, inp_channels=6, out_channels=3, dual_pixel_task=True)
-SMALL = dict(dim=8, num_blocks=[2, 1, 2, 1], num_refinement_blocks=2, heads=[2, 2, 4, 8], ffn_expansion_factor=1.5,
-             bias=True)
+SMALL = dict(
+    dim=8, num_blocks=[2, 1, 2, 1], num_refinement_blocks=2, heads=[2, 2, 4, 8], ffn_expansion_factor=1.5, bias=True)
 PAIRS_K4 = [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2), (3, 3)]
 
 
@@ -81,8 +90,15 @@ def reference_block_layout(prefix, dim, num_heads, ffn_expansion_factor, bias, l
     return [(prefix + key, shape) for key, shape in layout]
 
 
-def reference_layout(inp_channels=3, out_channels=3, dim=48, num_blocks=(4, 6, 6, 8), num_refinement_blocks=4,
-                     heads=(1, 2, 4, 8), ffn_expansion_factor=2.66, bias=False, LayerNorm_type='WithBias',
+def reference_layout(inp_channels=3,
+                     out_channels=3,
+                     dim=48,
+                     num_blocks=(4, 6, 6, 8),
+                     num_refinement_blocks=4,
+                     heads=(1, 2, 4, 8),
+                     ffn_expansion_factor=2.66,
+                     bias=False,
+                     LayerNorm_type='WithBias',
                      dual_pixel_task=False):  # noqa: N803
     """List the state_dict of the published Restormer for a configuration, by the published construction rules.
 
@@ -100,8 +116,7 @@ def reference_layout(inp_channels=3, out_channels=3, dim=48, num_blocks=(4, 6, 6
     def stage(name, num, chan, num_heads):
         out = []
         for i in range(num):
-            out += reference_block_layout(f'{name}.{i}.', chan, num_heads, ffn_expansion_factor, bias,
-                                          LayerNorm_type)
+            out += reference_block_layout(f'{name}.{i}.', chan, num_heads, ffn_expansion_factor, bias, LayerNorm_type)
         return out
 
     def conv(name, out_c, in_c, k, with_bias):
@@ -133,8 +148,8 @@ def reference_layout(inp_channels=3, out_channels=3, dim=48, num_blocks=(4, 6, 6
 def _conv(x, sd, name):
     """Published conv ``name`` from a state_dict: 'same' padding, depthwise when its weight has one input channel."""
     weight = sd[name + 'weight']
-    return F.conv2d(x, weight, sd.get(name + 'bias'), padding=weight.shape[-1] // 2,
-                    groups=x.shape[1] // weight.shape[1])
+    return F.conv2d(
+        x, weight, sd.get(name + 'bias'), padding=weight.shape[-1] // 2, groups=x.shape[1] // weight.shape[1])
 
 
 def _layer_norm(x, sd, name):
@@ -272,9 +287,9 @@ def test_default_arguments_are_published():
         assert (list(default) if isinstance(default, tuple) else default) == value, name
 
 
-@pytest.mark.parametrize('config, n_params', [(DEFAULT, DEFAULT_PARAMS), (DUAL_PIXEL, DUAL_PIXEL_PARAMS),
-                                              (BIAS_FREE, BIAS_FREE_PARAMS)],
-                         ids=['motion-deblurring', 'dual-pixel', 'bias-free'])
+@pytest.mark.parametrize(
+    'config, n_params', [(DEFAULT, DEFAULT_PARAMS), (DUAL_PIXEL, DUAL_PIXEL_PARAMS), (BIAS_FREE, BIAS_FREE_PARAMS)],
+    ids=['motion-deblurring', 'dual-pixel', 'bias-free'])
 def test_published_layout(config, n_params):
     expected = reference_layout(**config)
     assert sum(torch.Size(shape).numel() for _, shape in expected) == n_params
@@ -534,10 +549,10 @@ def reference():
     return modules
 
 
-@pytest.mark.parametrize('config, size', [(TINY, (2, 3, 24, 40)), (TINY_BIAS_FREE, (1, 3, 37, 45)),
-                                          (TINY_DUAL, (1, 6, 16, 21)), (SMALL, (1, 3, 32, 24)),
-                                          (DEFAULT, (1, 3, 24, 16))],
-                         ids=['tiny', 'bias-free', 'dual', 'small', 'default'])
+@pytest.mark.parametrize(
+    'config, size', [(TINY, (2, 3, 24, 40)), (TINY_BIAS_FREE, (1, 3, 37, 45)), (TINY_DUAL, (1, 6, 16, 21)),
+                     (SMALL, (1, 3, 32, 24)), (DEFAULT, (1, 3, 24, 16))],
+    ids=['tiny', 'bias-free', 'dual', 'small', 'default'])
 def test_matches_reference(reference, config, size):
     torch.manual_seed(0)
     ref_net = _randomize(reference['restormer_arch'].Restormer(**config), seed=1).eval()

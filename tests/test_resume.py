@@ -1,16 +1,15 @@
 """--auto_resume after SIGKILL ends with the same metrics as an uninterrupted run; broken latest states are skipped."""
 import json
 import os
+import pytest
 import signal
 import subprocess
 import sys
 import time
-
-import pytest
 import torch
+from conftest import srmodel_options, write_options
 
 from basicsr_mh.train import find_resume_state
-from conftest import srmodel_options, write_options
 
 TOTAL, FREQ = 30, 10
 
@@ -46,10 +45,15 @@ def test_resume_after_sigkill_matches_uninterrupted_run(pair_data, tmp_path):
     for workdir in (full, killed):
         workdir.mkdir()
         write_options(workdir / 'train.yml', opt)
-    reference = subprocess.Popen(train_cmd(full / 'train.yml'), cwd=full, env=env(), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True)
-    victim = subprocess.Popen(train_cmd(killed / 'train.yml'), cwd=killed, env=env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    reference = subprocess.Popen(
+        train_cmd(full / 'train.yml'),
+        cwd=full,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True)
+    victim = subprocess.Popen(
+        train_cmd(killed / 'train.yml'), cwd=killed, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = killed / 'experiments' / 'resume_mhc' / 'training_states' / '20.state'
     deadline = time.time() + 240
     while not state.exists() and victim.poll() is None and time.time() < deadline:
@@ -62,8 +66,13 @@ def test_resume_after_sigkill_matches_uninterrupted_run(pair_data, tmp_path):
     for path in [exp / 'training_states' / '30.state'] + list((exp / 'models').glob('net_g_[3l]*.pth')):
         path.unlink(missing_ok=True)
     (exp / 'training_states' / '30.state.tmp').write_bytes(b'half a checkpoint')  # a crash mid-write
-    resumed = subprocess.run(train_cmd(killed / 'train.yml', '--auto_resume'), cwd=killed, env=env(),
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        train_cmd(killed / 'train.yml', '--auto_resume'),
+        cwd=killed,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     _, err = reference.communicate(timeout=300)
     assert reference.returncode == 0, err[-4000:]

@@ -1,13 +1,11 @@
 """End to end: `basicsr train -opt` on an upstream SRModel option file with `num_heads`/`combine` added."""
 import glob
 import os
+import pytest
 import re
 import subprocess
 import sys
-
-import pytest
 import torch
-
 from conftest import srmodel_options, write_options
 
 K, K_EXT = 4, 10
@@ -88,8 +86,11 @@ def test_test_command_on_checkpoint(trained_run, pair_data):
     opt['val']['save_all_heads'] = True
     del opt['datasets']['train']
     opt_path = write_options(workdir / 'test_sr.yml', opt)
-    proc = subprocess.run([sys.executable, '-m', 'basicsr_mh.test', '-opt', opt_path], cwd=workdir,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, '-m', 'basicsr_mh.test', '-opt', opt_path],
+                          cwd=workdir,
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     images = glob.glob(str(workdir / 'results' / 'mhc_cli_test' / 'visualization' / 'TinyVal' / '*.png'))
     assert len(images) == 2 * K_EXT

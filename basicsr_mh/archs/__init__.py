@@ -13,9 +13,9 @@ Modules:
     hinet_arch: :class:`HINet` (two stages) and :class:`HINetLocal`.
     mprnet_arch: :class:`MPRNet` (three stages).
 """
+from . import hinet_arch  # noqa: F401
+from . import local_arch  # noqa: F401
+from . import mprnet_arch  # noqa: F401
+from . import multihead_arch  # noqa: F401
 from . import nafnet_arch  # noqa: F401
 from . import restormer_arch  # noqa: F401
-from . import multihead_arch  # noqa: F401
-from . import local_arch  # noqa: F401
-from . import hinet_arch  # noqa: F401
-from . import mprnet_arch  # noqa: F401

@@ -14,10 +14,10 @@ stage-1 head images (``K * in_chn`` inputs), as the reference multi-head HINet (
 checkpoints load with ``strict=True``.
 """
 import torch
+from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn as nn
 from torch.nn import functional as F
 
-from basicsr.utils.registry import ARCH_REGISTRY
 from .local_arch import LocalBase, local_base_size
 
 __all__ = ['HINet', 'HINetLocal', 'SAM', 'UNetConvBlock', 'UNetUpBlock', 'pad_to_size']

@@ -14,10 +14,10 @@ pooling stays global. The arithmetic (integral image, window placement, replicat
 gives the published ``NAFNetLocal`` outputs and loads its checkpoints (the parameters are NAFNet's).
 """
 import torch
+from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn as nn
 from torch.nn import functional as F
 
-from basicsr.utils.registry import ARCH_REGISTRY
 from .nafnet_arch import NAFNet
 
 __all__ = ['LocalAvgPool2d', 'LocalBase', 'NAFNetLocal', 'replace_global_pooling', 'local_base_size']

@@ -17,9 +17,9 @@ stages get heads (``tail``, ``sam23.conv2`` and ``sam12.conv2`` grow to ``K * ou
 (``MHMPRNet.py``) does; its checkpoints load with ``strict=True``.
 """
 import torch
+from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn as nn
 
-from basicsr.utils.registry import ARCH_REGISTRY
 from .hinet_arch import SAM, conv, pad_to_size
 
 __all__ = ['MPRNet', 'CAB', 'CALayer', 'ORSNet']

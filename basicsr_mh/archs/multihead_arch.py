@@ -17,12 +17,11 @@ import inspect
 import math
 import torch
 import warnings
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import ARCH_REGISTRY
 from collections import OrderedDict
 from copy import deepcopy
 from torch import nn
-
-from basicsr.utils import get_root_logger
-from basicsr.utils.registry import ARCH_REGISTRY
 
 __all__ = [
     'MultiHeadArch', 'MultiHeadConv2d', 'MultiHeadInputConv2d', 'extended_head_pairs', 'num_extended_heads',
@@ -406,8 +405,14 @@ class MultiHeadArch(nn.Module):
             return _build_backbone(backbone)
         return super().__new__(cls)
 
-    def __init__(self, backbone=None, num_heads=1, combine=False, head_layers=None, probe_size=64,
-                 probe_channels=None, feed_all_heads=True):
+    def __init__(self,
+                 backbone=None,
+                 num_heads=1,
+                 combine=False,
+                 head_layers=None,
+                 probe_size=64,
+                 probe_channels=None,
+                 feed_all_heads=True):
         super().__init__()
         num_heads, combine = check_head_options(num_heads, combine)
         self.num_heads = num_heads
@@ -465,11 +470,10 @@ class MultiHeadArch(nn.Module):
             self.head_input_layers[name] = producer
         self.backbone.train(was_training)
         reads = ''.join(f'; {c} reads the heads of {p}' for c, p in self.head_input_layers.items())
-        get_root_logger().info(
-            f'MultiHeadArch: {self.backbone_type} with {self.num_heads} heads'
-            f'{" combined into " + str(self.num_outputs) if self.combine else ""}; output layer(s) '
-            f'{", ".join(self.head_layer_names)} grown x{self.num_heads}, tail scale(s) '
-            f'{", ".join(f"{s:g}" for s in self.output_scales.values())}{reads}.')
+        get_root_logger().info(f'MultiHeadArch: {self.backbone_type} with {self.num_heads} heads'
+                               f'{" combined into " + str(self.num_outputs) if self.combine else ""}; output layer(s) '
+                               f'{", ".join(self.head_layer_names)} grown x{self.num_heads}, tail scale(s) '
+                               f'{", ".join(f"{s:g}" for s in self.output_scales.values())}{reads}.')
 
     def _find_head_inputs(self, probe, assigned, calls, modules):
         """Return {conv name: (head layer, scale)} for the convs that read a non-final stage's image.
@@ -484,9 +488,8 @@ class MultiHeadArch(nn.Module):
                 continue
             channels = modules[name].out_channels
             watch = [
-                n for n, shapes in calls.items()
-                if len(shapes) == 1 and n not in heads and n not in found and modules[n].groups == 1
-                and modules[n].in_channels == channels
+                n for n, shapes in calls.items() if len(shapes) == 1 and n not in heads and n not in found
+                and modules[n].groups == 1 and modules[n].in_channels == channels
             ]
             if watch:
                 for consumer, scale in probe.input_effect(modules[name], calls[name][0], watch).items():

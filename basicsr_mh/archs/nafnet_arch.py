@@ -7,10 +7,10 @@ Module and parameter names follow the published implementation, so its checkpoin
 ``NAFNet-GoPro-width32.pth`` and ``NAFNet-GoPro-width64.pth``) load with ``strict=True``.
 """
 import torch
+from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn as nn
 from torch.nn import functional as F
 
-from basicsr.utils.registry import ARCH_REGISTRY
 from .arch_util import LayerNorm2d, SimpleGate
 
 

@@ -17,10 +17,9 @@ multiples of 8:
   ``rearrange`` copies, and the attention uses reshapes.
 """
 import torch
+from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn as nn
 from torch.nn import functional as F
-
-from basicsr.utils.registry import ARCH_REGISTRY
 
 __all__ = [
     'BiasFreeLayerNorm', 'WithBiasLayerNorm', 'RestormerLayerNorm', 'FeedForward', 'Attention', 'TransformerBlock',

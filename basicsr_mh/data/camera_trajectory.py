@@ -19,9 +19,8 @@ instantaneous frames. ``S > 1`` only makes the blurred image a smoother integral
 the frames themselves (hence the label) do not depend on ``S``.
 """
 import math
-from dataclasses import asdict, dataclass
-
 import numpy as np
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
@@ -78,8 +77,9 @@ class MotionParams:
     @classmethod
     def linear(cls, num_frames, velocity, accel=(0.0, 0.0), rot_speed=0.0):
         """A jitter-free motion with the given velocity (px/frame), acceleration and angular speed."""
-        return cls(int(num_frames), tuple(map(float, velocity)), tuple(map(float, accel)), float(rot_speed),
-                   np.zeros((num_frames + 2, 2)), np.zeros(num_frames + 2))
+        return cls(
+            int(num_frames), tuple(map(float, velocity)), tuple(map(float, accel)), float(rot_speed),
+            np.zeros((num_frames + 2, 2)), np.zeros(num_frames + 2))
 
     @property
     def label_frame(self):
@@ -93,8 +93,9 @@ class MotionParams:
 
         def raw(t):
             t = np.atleast_1d(t)
-            shift = (np.outer(t, self.velocity) + 0.5 * np.outer(t * t, self.accel)
-                     + np.stack([np.interp(t, knots, self.jitter[:, i]) for i in range(2)], axis=1))
+            shift = (
+                np.outer(t, self.velocity) + 0.5 * np.outer(t * t, self.accel) +
+                np.stack([np.interp(t, knots, self.jitter[:, i]) for i in range(2)], axis=1))
             angle = self.rot_speed * t + np.interp(t, knots, self.rot_jitter)
             return shift, angle
 

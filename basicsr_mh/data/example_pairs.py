@@ -5,10 +5,9 @@ length and angle. ``python -m basicsr_mh.data.example_pairs --out datasets/examp
 ``{train,val}/{gt,lq}/*.png`` in BasicSR's PairedImageDataset layout, and refuses to overwrite an existing folder.
 """
 import argparse
-import os
-
 import cv2
 import numpy as np
+import os
 
 TRAIN_PHOTOS = ('astronaut', 'coffee', 'rocket', 'chelsea')
 VAL_PHOTOS = ('retina', 'immunohistochemistry')

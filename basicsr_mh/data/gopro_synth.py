@@ -35,17 +35,16 @@ Defaults (96 train + 12 val pairs of 128x128) are sized for a CPU demo that trai
 a few seconds on 2 cores.
 """
 import argparse
+import cv2
 import json
 import math
+import numpy as np
 import os
 import shutil
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-
-import cv2
-import numpy as np
 
 from .camera_trajectory import TrajectoryConfig, sample_trajectory
 from .crf import build_crf
@@ -211,8 +210,8 @@ def iter_burst(photo, trajectory, size, origin=None, crf=None):
     linear = lut[region]
     mats = trajectory.matrices((h, w), (origin[0] - rx, origin[1] - ry))
     for mat in mats:
-        frame = cv2.warpAffine(linear, mat, (w, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                               borderMode=cv2.BORDER_REFLECT_101)
+        frame = cv2.warpAffine(
+            linear, mat, (w, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT_101)
         yield np.clip(frame, 0.0, 1.0, out=frame)
 
 
@@ -363,16 +362,21 @@ def _summary(records):
     for key in ('num_frames', 'subframes', 'blur_length_px', 'blur_extent_px', 'label_offset_px',
                 'max_corner_shift_px'):
         vals = np.array([r[key] for r in records], np.float64)
-        out[key] = {'mean': round(float(vals.mean()), 3), 'min': round(float(vals.min()), 3),
-                    'max': round(float(vals.max()), 3)}
+        out[key] = {
+            'mean': round(float(vals.mean()), 3),
+            'min': round(float(vals.min()), 3),
+            'max': round(float(vals.max()), 3)
+        }
     return out
 
 
 def _readme(meta):
     p = meta['params']
     lines = [
-        'GoPro-style synthetic deblurring pairs (basicsr_mh.data.gopro_synth)', '',
-        f"Procedure: {meta['procedure']}", '',
+        'GoPro-style synthetic deblurring pairs (basicsr_mh.data.gopro_synth)',
+        '',
+        f"Procedure: {meta['procedure']}",
+        '',
         f"Pairs: {p['num_train']} train, {p['num_val']} val; size {p['size'][0]}x{p['size'][1]} (h x w); "
         f"frames {p['frames_min']}..{p['frames_max']}; subframes {p['subframes'] or 'auto'}; CRF {meta['crf']}; "
         f"seed {p['seed']}; format {meta['format']}.",
@@ -389,8 +393,19 @@ def _readme(meta):
     return '\n'.join(lines)
 
 
-def make_dataset(out, num_train=96, num_val=12, size=128, seed=0, lmdb=False, workers=1, frames_min=7,
-                 frames_max=13, progress=True, cfg=None, train_photos=TRAIN_PHOTOS, val_photos=VAL_PHOTOS):
+def make_dataset(out,
+                 num_train=96,
+                 num_val=12,
+                 size=128,
+                 seed=0,
+                 lmdb=False,
+                 workers=1,
+                 frames_min=7,
+                 frames_max=13,
+                 progress=True,
+                 cfg=None,
+                 train_photos=TRAIN_PHOTOS,
+                 val_photos=VAL_PHOTOS):
     """Write a GoPro-style pair dataset under ``out`` (refused if ``out`` exists and is not empty).
 
     Args:
@@ -416,8 +431,8 @@ def make_dataset(out, num_train=96, num_val=12, size=128, seed=0, lmdb=False, wo
     if overlap:
         raise ValueError(f'train and val photos must be disjoint; both have {sorted(overlap)}.')
     cfg = cfg or SynthConfig()
-    cfg = SynthConfig(**dict(asdict(cfg), size=size, frames_min=int(frames_min), frames_max=int(frames_max),
-                             trajectory=cfg.trajectory))
+    cfg = SynthConfig(**dict(
+        asdict(cfg), size=size, frames_min=int(frames_min), frames_max=int(frames_max), trajectory=cfg.trajectory))
     train_ok, train_missing = available_photos(train_photos)
     val_ok, val_missing = available_photos(val_photos)
     for missing in train_missing + val_missing:
@@ -465,21 +480,38 @@ def _meta(cfg, seed, num_train, num_val, lmdb, train_ok, val_ok, missing, record
     from ..version import __version__
     params = dict(cfg.to_dict(), num_train=num_train, num_val=num_val, seed=int(seed))
     return {
-        'generator': 'basicsr_mh.data.gopro_synth',
-        'basicsr_mh_version': __version__,
-        'versions': {'numpy': np.__version__, 'opencv': cv2.__version__, 'scikit-image': skimage.__version__},
+        'generator':
+        'basicsr_mh.data.gopro_synth',
+        'basicsr_mh_version':
+        __version__,
+        'versions': {
+            'numpy': np.__version__,
+            'opencv': cv2.__version__,
+            'scikit-image': skimage.__version__
+        },
         'procedure': ('GoPro (Nah et al. 2017): average N consecutive frames of a moving camera in linear light '
                       '(inverse CRF), apply the CRF; label = frame N // 2. Frames are bicubic warps of a real photo '
                       'along a random trajectory (velocity, acceleration, rotation, random-walk jitter), sampled at '
                       'S sub-frames per frame; the label frame is an exact crop of the photo.'),
-        'crf': build_crf(cfg.crf, cfg.gamma).describe(),
-        'format': 'lmdb' if lmdb else 'png folders',
-        'params': params,
-        'photos': {'train': list(train_ok), 'val': list(val_ok), 'unavailable': list(missing)},
-        'rng': 'numpy default_rng(SeedSequence([seed, split (0 train, 1 val), pair index]))',
-        'summary': {split: _summary([r for r in records if r['split'] == split]) for split in SPLITS
-                    if any(r['split'] == split for r in records)},
-        'pairs': records,
+        'crf':
+        build_crf(cfg.crf, cfg.gamma).describe(),
+        'format':
+        'lmdb' if lmdb else 'png folders',
+        'params':
+        params,
+        'photos': {
+            'train': list(train_ok),
+            'val': list(val_ok),
+            'unavailable': list(missing)
+        },
+        'rng':
+        'numpy default_rng(SeedSequence([seed, split (0 train, 1 val), pair index]))',
+        'summary': {
+            split: _summary([r for r in records if r['split'] == split])
+            for split in SPLITS if any(r['split'] == split for r in records)
+        },
+        'pairs':
+        records,
     }
 
 
@@ -513,12 +545,15 @@ class _Writer:
     def __init__(self, root, lmdb, num, hw):
         self.lmdb = lmdb
         if lmdb:
-            import basicsr_mh  # noqa: F401  (the compat alias before basicsr)
             from basicsr.utils.lmdb_util import LmdbMaker
+
+            import basicsr_mh  # noqa: F401  (the compat alias before basicsr)
             os.makedirs(root)
             map_size = max(1, num) * (hw[0] * hw[1] * 3 + 4096) * 4 + (1 << 24)
-            self.makers = {k: LmdbMaker(os.path.join(root, f'{k}.lmdb'), map_size=map_size, compress_level=_PNG_LEVEL)
-                           for k in ('gt', 'lq')}
+            self.makers = {
+                k: LmdbMaker(os.path.join(root, f'{k}.lmdb'), map_size=map_size, compress_level=_PNG_LEVEL)
+                for k in ('gt', 'lq')
+            }
         else:
             self.dirs = {k: os.path.join(root, k) for k in ('gt', 'lq')}
             for d in self.dirs.values():
@@ -542,33 +577,52 @@ def build_parser(prog=None):
     """The argparse parser of :func:`main`."""
     d, t = SynthConfig(), TrajectoryConfig()
     parser = argparse.ArgumentParser(
-        prog=prog, description='Make GoPro-style blurred/sharp pairs (BasicSR PairedImageDataset layout) from the '
+        prog=prog,
+        description='Make GoPro-style blurred/sharp pairs (BasicSR PairedImageDataset layout) from the '
         'real photos bundled with scikit-image: a burst of N frames (7..13) of a randomly moving camera is averaged '
         'in linear light (inverse gamma-2.2 CRF), then the CRF; the label is the middle frame N // 2.')
-    parser.add_argument('--out', default='datasets/gopro_synth',
-                        help='output folder; refused if it exists and is not empty (default: %(default)s)')
+    parser.add_argument(
+        '--out',
+        default='datasets/gopro_synth',
+        help='output folder; refused if it exists and is not empty (default: %(default)s)')
     parser.add_argument('--num-train', type=int, default=96, help='training pairs (default: %(default)s)')
     parser.add_argument('--num-val', type=int, default=12, help='validation pairs (default: %(default)s)')
     parser.add_argument('--size', type=int, default=128, help='pair height = width in px (default: %(default)s)')
     parser.add_argument('--frames-min', type=int, default=d.frames_min, help='fewest frames per blur (default: 7)')
     parser.add_argument('--frames-max', type=int, default=d.frames_max, help='most frames per blur (default: 13)')
-    parser.add_argument('--subframes', type=int, default=0,
-                        help='odd sub-frames per frame for a smooth blur; 0 = auto (<= 1 px apart), 1 = GoPro\'s '
-                        'plain frame average (default: %(default)s)')
+    parser.add_argument(
+        '--subframes',
+        type=int,
+        default=0,
+        help='odd sub-frames per frame for a smooth blur; 0 = auto (<= 1 px apart), 1 = GoPro\'s '
+        'plain frame average (default: %(default)s)')
     parser.add_argument('--seed', type=int, default=0, help='same seed -> identical files (default: %(default)s)')
     parser.add_argument('--lmdb', action='store_true', help='write {gt,lq}.lmdb instead of PNG folders')
-    parser.add_argument('--workers', type=int, default=min(2, os.cpu_count() or 1),
-                        help='threads; the output does not depend on it (default: %(default)s)')
-    parser.add_argument('--crf', choices=('gamma', 'srgb', 'linear'), default='gamma',
-                        help='camera response function (default: %(default)s)')
+    parser.add_argument(
+        '--workers',
+        type=int,
+        default=min(2,
+                    os.cpu_count() or 1),
+        help='threads; the output does not depend on it (default: %(default)s)')
+    parser.add_argument(
+        '--crf',
+        choices=('gamma', 'srgb', 'linear'),
+        default='gamma',
+        help='camera response function (default: %(default)s)')
     parser.add_argument('--gamma', type=float, default=d.gamma, help='gamma of the gamma CRF (default: 2.2)')
     parser.add_argument('--speed-min', type=float, default=t.speed_min, help='px/frame (default: %(default)s)')
     parser.add_argument('--speed-max', type=float, default=t.speed_max, help='px/frame (default: %(default)s)')
     parser.add_argument('--accel-max', type=float, default=t.accel_max, help='px/frame^2 (default: %(default)s)')
-    parser.add_argument('--jitter', type=float, default=t.jitter_std,
-                        help='hand-jitter random walk, px per frame (default: %(default)s)')
-    parser.add_argument('--rot-speed', type=float, default=t.rot_speed_std,
-                        help='std of the roll speed, deg/frame (default: %(default)s)')
+    parser.add_argument(
+        '--jitter',
+        type=float,
+        default=t.jitter_std,
+        help='hand-jitter random walk, px per frame (default: %(default)s)')
+    parser.add_argument(
+        '--rot-speed',
+        type=float,
+        default=t.rot_speed_std,
+        help='std of the roll speed, deg/frame (default: %(default)s)')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     return parser
 
@@ -577,13 +631,32 @@ def main(argv=None, prog=None):
     """Command line; returns the exit code (0, or 2 with a one-line error for a refused --out or a bad value)."""
     args = build_parser(prog).parse_args(argv)
     try:
-        traj = TrajectoryConfig(speed_min=args.speed_min, speed_max=args.speed_max, accel_max=args.accel_max,
-                                jitter_std=args.jitter, rot_speed_std=args.rot_speed)
-        cfg = SynthConfig(size=args.size, frames_min=args.frames_min, frames_max=args.frames_max,
-                          subframes=args.subframes, crf=args.crf, gamma=args.gamma, trajectory=traj)
-        paths = make_dataset(args.out, args.num_train, args.num_val, args.size, args.seed, lmdb=args.lmdb,
-                             workers=args.workers, frames_min=args.frames_min, frames_max=args.frames_max,
-                             progress=not args.quiet, cfg=cfg)
+        traj = TrajectoryConfig(
+            speed_min=args.speed_min,
+            speed_max=args.speed_max,
+            accel_max=args.accel_max,
+            jitter_std=args.jitter,
+            rot_speed_std=args.rot_speed)
+        cfg = SynthConfig(
+            size=args.size,
+            frames_min=args.frames_min,
+            frames_max=args.frames_max,
+            subframes=args.subframes,
+            crf=args.crf,
+            gamma=args.gamma,
+            trajectory=traj)
+        paths = make_dataset(
+            args.out,
+            args.num_train,
+            args.num_val,
+            args.size,
+            args.seed,
+            lmdb=args.lmdb,
+            workers=args.workers,
+            frames_min=args.frames_min,
+            frames_max=args.frames_max,
+            progress=not args.quiet,
+            cfg=cfg)
     except (FileExistsError, ValueError) as err:
         print(f'{prog or "gopro_synth"}: error: {err}', file=sys.stderr)
         return 2

@@ -2,17 +2,16 @@
 
 Registered in BasicSR's DATASET_REGISTRY (unless the installed BasicSR registers the name itself).
 """
-import random
-
 import cv2
 import numpy as np
-from torchvision.transforms.functional import normalize
-
-from basicsr_mh import compat  # noqa: F401  (installs the torchvision alias before basicsr is imported)
+import random
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import FileClient, bgr2ycbcr, imfrombytes, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
+from torchvision.transforms.functional import normalize
+
+from basicsr_mh import compat  # noqa: F401  (installs the torchvision alias before basicsr is imported)
 
 
 def geometric_transform(img, mode):

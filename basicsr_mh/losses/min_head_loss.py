@@ -1,11 +1,10 @@
 """MinHeadLoss: the multi-head loss of the paper (Eq. 4 and 5) over any registered pixel loss."""
 import difflib
 import torch
-from copy import deepcopy
-from torch import nn
-
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import LOSS_REGISTRY
+from copy import deepcopy
+from torch import nn
 
 _REDUCTIONS = ('mean', 'sum')
 

@@ -1,9 +1,8 @@
 """PSNRLoss: the pixel loss of NAFNet and HINet, ``10 / ln(10) * log(mse + 1e-8)`` per sample, averaged."""
 import math
 import torch
-from torch import nn
-
 from basicsr.utils.registry import LOSS_REGISTRY
+from torch import nn
 
 _Y_COEF = (65.481, 128.553, 24.966)
 

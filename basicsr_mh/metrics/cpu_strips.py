@@ -14,13 +14,12 @@ Equal to BasicSR's numpy ``calculate_psnr`` / ``calculate_ssim`` on ``tensor2img
 The RGB/BGR channel order does not change PSNR or the channel-mean SSIM; for the Y channel the weights are applied
 to RGB input directly (``65.481 R + 128.553 G + 24.966 B``).
 """
-import math
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import cv2
+import math
 import numpy as np
+import os
 import torch
+from concurrent.futures import ThreadPoolExecutor
 
 _HALO = 5  # half of BasicSR's 11x11 window
 _STRIP_ROWS = 64

@@ -40,7 +40,6 @@ import collections
 import contextlib
 import math
 import threading
-
 import torch
 import torch.nn.functional as F
 
@@ -203,8 +202,8 @@ class _GaussFilter:
     def __init__(self, ws, name, planes, h, w, dtype, device):
         self.planes, self.h, self.w = planes, h, w
         self.n = planes * h * w
-        self.use_conv = (_CPU_CONV and device.type == 'cpu' and dtype == torch.float32
-                         and torch.backends.mkldnn.is_available())
+        self.use_conv = (
+            _CPU_CONV and device.type == 'cpu' and dtype == torch.float32 and torch.backends.mkldnn.is_available())
         rows = planes * h
         if self.use_conv:
             p, pv = _CONV_PHASES, _GEMM_BLOCK
@@ -706,8 +705,8 @@ def per_head_many(pred, gt, metric_opts):
         if settings[0] not in slot:
             slot[settings[0]] = name
     for (crop_border, test_y), slot in pending.items():
-        both = cpu_psnr_ssim(pred, gt, crop_border, test_y) if len(slot) == 2 and _use_cpu_strips(
-            pred, gt, crop_border) else None
+        both = cpu_psnr_ssim(pred, gt, crop_border,
+                             test_y) if len(slot) == 2 and _use_cpu_strips(pred, gt, crop_border) else None
         if both is not None and not (torch.isnan(both['psnr']).any() or torch.isnan(both['ssim']).any()):
             results[slot['calculate_psnr']], results[slot['calculate_ssim']] = both['psnr'], both['ssim']
         elif len(slot) == 2:

@@ -4,9 +4,8 @@ import os
 import random
 import tempfile
 import torch
-from contextlib import contextmanager
-
 from basicsr.utils import get_root_logger
+from contextlib import contextmanager
 
 
 def read_checkpoint(path, trusted=False):

@@ -16,7 +16,6 @@ scheduler class a newer BasicSR defines in ``basicsr.models.lr_scheduler``) plus
 """
 import inspect
 import math
-
 from torch.optim import lr_scheduler as torch_lr_scheduler
 
 try:

@@ -2,18 +2,17 @@
 import math
 import os
 import torch
+from basicsr.archs import build_network
+from basicsr.losses import build_loss
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger, imwrite, tensor2img
+from basicsr.utils.registry import MODEL_REGISTRY
 from collections import OrderedDict
 from copy import deepcopy
 from os import path as osp
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.utils.data import default_collate
 from tqdm import tqdm
-
-from basicsr.archs import build_network
-from basicsr.losses import build_loss
-from basicsr.models.sr_model import SRModel
-from basicsr.utils import get_root_logger, imwrite, tensor2img
-from basicsr.utils.registry import MODEL_REGISTRY
 
 from ..archs.multihead_arch import MultiHeadArch, head_pair_name
 from ..losses.min_head_loss import MinHeadLoss, log_loss_upgrade
@@ -149,8 +148,8 @@ class MultiHeadImageRestorationModel(SRModel):
                 self.cri_pix = build_loss(pixel_opt).to(self.device)
         else:
             self.cri_pix = None
-        self.cri_perceptual = build_loss(train_opt['perceptual_opt']).to(self.device) if train_opt.get(
-            'perceptual_opt') else None
+        self.cri_perceptual = build_loss(train_opt['perceptual_opt']).to(
+            self.device) if train_opt.get('perceptual_opt') else None
         if self.cri_pix is None and self.cri_perceptual is None:
             raise ValueError('train: both pixel_opt and perceptual_opt are missing. Fix: add e.g. '
                              '`pixel_opt: {type: PSNRLoss, loss_weight: 1}`.')
@@ -269,8 +268,10 @@ class MultiHeadImageRestorationModel(SRModel):
         l_total.backward()
         grads = [p.grad for p in self.net_g.parameters() if p.grad is not None]
         if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
-            names = [n for n, p in self.get_bare_model(self.net_g).named_parameters()
-                     if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+            names = [
+                n for n, p in self.get_bare_model(self.net_g).named_parameters()
+                if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+            ]
             return self._nonfinite_step(current_iter, 'gradient', f'parameters {", ".join(names[:5])}')
         if final_winners is not None:
             self._win_counts += torch.bincount(final_winners, minlength=self.num_outputs).to(self._win_counts)
@@ -296,8 +297,10 @@ class MultiHeadImageRestorationModel(SRModel):
 
     def _nonfinite_loss_detail(self, stages, stage_losses, loss_dict):
         """Which loss terms, heads, samples and inputs are not finite, as text for the error message."""
-        parts = [f'{name} = {float(value.detach()) if torch.is_tensor(value) else value:g}'
-                 for name, value in loss_dict.items()]
+        parts = [
+            f'{name} = {float(value.detach()) if torch.is_tensor(value) else value:g}'
+            for name, value in loss_dict.items()
+        ]
         multi_stage = len(stages) > 1
         for s, (stage, losses) in enumerate(zip(stages, stage_losses + [None] * len(stages))):
             where = f'stage {s} ' if multi_stage else ''
@@ -541,7 +544,8 @@ class MultiHeadImageRestorationModel(SRModel):
             'combine': self.combine,
             'num_outputs': self.num_outputs,
             'best_head': int(self.best_head),
-            'backbone': getattr(bare, 'backbone_type', type(bare).__name__),
+            'backbone': getattr(bare, 'backbone_type',
+                                type(bare).__name__),
             'head_layers': list(getattr(bare, 'head_layer_names', [])),
         }
 

@@ -44,8 +44,10 @@ class HeadMetricAccumulator:
             return
         parts = [torch.tensor([float(self.count)], dtype=torch.float64)]
         for name in self.names:
-            parts += [self.head_sums[name], torch.tensor([self.best_sums[name], self.worst_sums[name]],
-                                                         dtype=torch.float64)]
+            parts += [
+                self.head_sums[name],
+                torch.tensor([self.best_sums[name], self.worst_sums[name]], dtype=torch.float64)
+            ]
         packed = torch.cat(parts).to(device)
         dist.all_reduce(packed)
         packed = packed.cpu()

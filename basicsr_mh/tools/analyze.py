@@ -14,17 +14,15 @@ Writes to ``--out`` (default ``results/<name>/analysis``):
   ``consensus``/``mean``/``sharpness`` (:mod:`basicsr_mh.tools.selection`), and the per-image worst head.
 """
 import argparse
+import cv2
 import json
 import math
-import os
-
-import cv2
 import numpy as np
+import os
 import torch
 from tqdm import tqdm
 
 from basicsr_mh.metrics import per_head
-
 from .common import (MULTIHEAD_META_KEY, ToolError, add_model_arguments, head_name, head_pairs, load_model,
                      read_options, run_tool)
 from .infer import pick_device
@@ -32,8 +30,16 @@ from .runner import HeadRunner
 from .selection import RULES, select
 
 DEFAULT_METRICS = {
-    'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
-    'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': False},
+    'psnr': {
+        'type': 'calculate_psnr',
+        'crop_border': 0,
+        'test_y_channel': False
+    },
+    'ssim': {
+        'type': 'calculate_ssim',
+        'crop_border': 0,
+        'test_y_channel': False
+    },
 }
 
 
@@ -94,8 +100,8 @@ def plot_matrix(path, matrix, title):
     k = matrix.shape[0]
     fig, ax = plt.subplots(figsize=(1.2 + 0.8 * k, 1.0 + 0.8 * k), dpi=100)
     finite = matrix[np.isfinite(matrix)]
-    image = ax.imshow(matrix, cmap='viridis', vmin=finite.min() if finite.size else 0,
-                      vmax=finite.max() if finite.size else 1)
+    image = ax.imshow(
+        matrix, cmap='viridis', vmin=finite.min() if finite.size else 0, vmax=finite.max() if finite.size else 1)
     middle = (float(finite.min()) + float(finite.max())) / 2 if finite.size else 0.0
     for i in range(k):
         for j in range(k):
@@ -153,12 +159,23 @@ def _metric_options(opt):
 
 def _scores(images, gt, metrics):
     """(K, C, H, W) images vs (C, H, W) gt -> {metric: (K,) float64 numpy}."""
-    return {m: per_head(images.unsqueeze(0), gt.unsqueeze(0), dict(o))[0].double().cpu().numpy()
-            for m, o in metrics.items()}
+    return {
+        m: per_head(images.unsqueeze(0), gt.unsqueeze(0), dict(o))[0].double().cpu().numpy()
+        for m, o in metrics.items()
+    }
 
 
-def analyze(opt, out_dir, ckpt=None, param_key=None, max_images=None, dataset=None, device=None, tile=0,
-            tile_overlap=32, pair=None, progress=True):
+def analyze(opt,
+            out_dir,
+            ckpt=None,
+            param_key=None,
+            max_images=None,
+            dataset=None,
+            device=None,
+            tile=0,
+            tile_overlap=32,
+            pair=None,
+            progress=True):
     """Run the analysis; returns the table dict written to ``table.json``."""
     net, _, checkpoint, key, ckpt_path = load_model(opt, ckpt, param_key)
     data = build_eval_dataset(opt, dataset)
@@ -194,8 +211,13 @@ def analyze(opt, out_dir, ckpt=None, param_key=None, max_images=None, dataset=No
         record = {'image': name, 'oracle_head': winner}
         for rule in RULES:
             index, image = select(heads, rule)
-            rs = {m: float(scores[m][index]) for m in metrics} if index >= 0 else {
-                m: float(v[0]) for m, v in _scores(image.unsqueeze(0), gt, metrics).items()}
+            rs = {
+                m: float(scores[m][index])
+                for m in metrics
+            } if index >= 0 else {
+                m: float(v[0])
+                for m, v in _scores(image.unsqueeze(0), gt, metrics).items()
+            }
             for m in metrics:
                 rule_scores[rule][m].append(rs[m])
             record[rule] = 'mean' if index < 0 else index
@@ -213,8 +235,8 @@ def analyze(opt, out_dir, ckpt=None, param_key=None, max_images=None, dataset=No
                 matrix_sum[j, i] += value if i != j else 0
         res_path, diff_path = write_heatmaps(heat_dir, name, heads[base_index], pair)
         if res_path:
-            record.update(residual_heatmap=os.path.relpath(res_path, out_dir),
-                          pair_heatmap=os.path.relpath(diff_path, out_dir))
+            record.update(
+                residual_heatmap=os.path.relpath(res_path, out_dir), pair_heatmap=os.path.relpath(diff_path, out_dir))
         per_image.append(record)
     if not count:
         raise ToolError('the dataset is empty.')
@@ -242,9 +264,15 @@ def _summarize(net, metrics, head_scores, rule_scores, best_head, wins, matrix, 
         'num_images': count,
         'metrics': list(metrics),
         'rows': rows,
-        'best_single_head': {m: head_name(net, k) for m, k in best_single.items()},
+        'best_single_head': {
+            m: head_name(net, k)
+            for m, k in best_single.items()
+        },
         'heads': heads,
-        'win_rates': {head_name(net, k): float(w / count) for k, w in enumerate(wins)},
+        'win_rates': {
+            head_name(net, k): float(w / count)
+            for k, w in enumerate(wins)
+        },
         'psnr_matrix': [[float(v) for v in row] for row in matrix],
         'num_heads': int(getattr(net, 'num_heads', 1)),
         'combine': bool(getattr(net, 'combine', False)),
@@ -259,20 +287,24 @@ def _write_outputs(out_dir, table, net):
     for rule, values in table['rows'].items():
         cells = ' | '.join('nan' if not math.isfinite(values[m]) else f'{values[m]:.4f}' for m in metrics)
         lines.append(f'| {rule} | {cells} |')
-    lines += ['', f'Best single head: {", ".join(f"{m} {h}" for m, h in table["best_single_head"].items())}; '
-              f'{table["num_images"]} images.', '', '| head | ' + ' | '.join(metrics) + ' | win rate |',
-              '| --- |' + ' --- |' * (len(metrics) + 1)]
+    lines += [
+        '', f'Best single head: {", ".join(f"{m} {h}" for m, h in table["best_single_head"].items())}; '
+        f'{table["num_images"]} images.', '', '| head | ' + ' | '.join(metrics) + ' | win rate |',
+        '| --- |' + ' --- |' * (len(metrics) + 1)
+    ]
     for head, values in table['heads'].items():
-        lines.append(f'| {head} | ' + ' | '.join(f'{values[m]:.4f}' for m in metrics) +
-                     f' | {100 * table["win_rates"][head]:.1f}% |')
+        lines.append(f'| {head} | ' + ' | '.join(f'{values[m]:.4f}'
+                                                 for m in metrics) + f' | {100 * table["win_rates"][head]:.1f}% |')
     with open(os.path.join(out_dir, 'table.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     matrix = np.array(table['psnr_matrix'])
-    plot_matrix(os.path.join(out_dir, 'psnr_matrix.png'), matrix,
-                'mean PSNR (dB) of combined heads i+j\ndiagonal: single heads')
+    plot_matrix(
+        os.path.join(out_dir, 'psnr_matrix.png'), matrix,
+        'mean PSNR (dB) of combined heads i+j\ndiagonal: single heads')
     labels = list(table['win_rates'])
-    plot_bars(os.path.join(out_dir, 'win_rates.png'), [lab.split(' ')[0] for lab in labels],
-              [100 * table['win_rates'][lab] for lab in labels], 'per-image oracle wins', 'win rate (%)')
+    plot_bars(
+        os.path.join(out_dir, 'win_rates.png'), [lab.split(' ')[0] for lab in labels],
+        [100 * table['win_rates'][lab] for lab in labels], 'per-image oracle wins', 'win rate (%)')
 
 
 def build_parser(prog=None):
@@ -280,15 +312,22 @@ def build_parser(prog=None):
         prog=prog,
         description='On the validation/test set of an option file: residual heatmaps between heads (Fig. 3/4), the '
         'pairwise-head PSNR matrix (Fig. 6), head win rates, and selection rules vs the oracle (Eq. 7a/7b).')
-    add_model_arguments(parser, 'test option file (network_g, datasets with GT, '
-                        'path.pretrain_network_g unless --ckpt, val.metrics)')
+    add_model_arguments(
+        parser, 'test option file (network_g, datasets with GT, '
+        'path.pretrain_network_g unless --ckpt, val.metrics)')
     parser.add_argument('--out', help='output folder (default: results/<name>/analysis)')
     parser.add_argument('--dataset', help='dataset key or name (default: the first that is not train)')
     parser.add_argument('--max-images', type=int, help='analyze the first N images only')
-    parser.add_argument('--pair', help='base-head pair i,j for the signed-difference maps (default: per image the '
-                        'pair that differs most)')
-    parser.add_argument('--tile', type=int, default=0, help='tile images larger than this (default 0: whole images, '
-                        'as BasicSR validation)')
+    parser.add_argument(
+        '--pair',
+        help='base-head pair i,j for the signed-difference maps (default: per image the '
+        'pair that differs most)')
+    parser.add_argument(
+        '--tile',
+        type=int,
+        default=0,
+        help='tile images larger than this (default 0: whole images, '
+        'as BasicSR validation)')
     parser.add_argument('--tile-overlap', type=int, default=32)
     parser.add_argument('--device', help='cpu, cuda (default: cuda when available)')
     parser.add_argument('--quiet', action='store_true')
@@ -305,8 +344,18 @@ def _run(args):
             assert len(pair) == 2 and pair[0] != pair[1]
         except (ValueError, AssertionError):
             raise ToolError(f'--pair "{args.pair}": expected two different base heads, e.g. 1,0.') from None
-    table = analyze(opt, out, args.ckpt, args.param_key, args.max_images, args.dataset, args.device, args.tile,
-                    args.tile_overlap, pair, progress=not args.quiet)
+    table = analyze(
+        opt,
+        out,
+        args.ckpt,
+        args.param_key,
+        args.max_images,
+        args.dataset,
+        args.device,
+        args.tile,
+        args.tile_overlap,
+        pair,
+        progress=not args.quiet)
     with open(os.path.join(out, 'table.md')) as f:
         print(f.read())
     print(f'Wrote the analysis of {table["num_images"]} images to {out}.')

@@ -1,10 +1,9 @@
 """Shared pieces of the deployment tools: option files, checkpoints, head names, error reporting."""
 import os
 import sys
-from collections import OrderedDict
-
 import torch
 import yaml
+from collections import OrderedDict
 
 from basicsr_mh import compat  # noqa: F401  (must precede any basicsr import)
 from basicsr_mh.archs.multihead_arch import MultiHeadArch, head_pair_name
@@ -33,8 +32,10 @@ def add_model_arguments(parser, opt_help):
     """Add the ``--opt`` / ``--ckpt`` / ``--param-key`` flags that ``infer`` and ``analyze`` share."""
     parser.add_argument('--opt', required=True, help=opt_help)
     parser.add_argument('--ckpt', help='checkpoint (default: path.pretrain_network_g of --opt)')
-    parser.add_argument('--param-key', help='checkpoint entry (default: path.param_key_g, else params_ema when '
-                        'present, else params)')
+    parser.add_argument(
+        '--param-key',
+        help='checkpoint entry (default: path.param_key_g, else params_ema when '
+        'present, else params)')
 
 
 def read_options(path):

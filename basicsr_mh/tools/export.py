@@ -18,16 +18,14 @@ and every head exports exactly.
 """
 import argparse
 import os
-from collections import OrderedDict
-
 import torch
+from collections import OrderedDict
 
 from basicsr_mh.archs.multihead_arch import MultiHeadArch, _get_submodule
 from basicsr_mh.models.checkpoint import atomic_torch_save, read_checkpoint
 from basicsr_mh.version import __version__
-
-from .common import (MULTIHEAD_META_KEY, ToolError, build_net, check_meta, final_output, final_output_index,
-                     head_name, load_state, parse_head, read_options, run_tool, state_of)
+from .common import (MULTIHEAD_META_KEY, ToolError, build_net, check_meta, final_output, final_output_index, head_name,
+                     load_state, parse_head, read_options, run_tool, state_of)
 
 EXPORT_META_KEY = 'exported_from'
 _EQUAL_RTOL = 1e-6
@@ -174,9 +172,11 @@ def build_parser(prog=None):
         'the stock architecture loads with strict=True; a combined head i+j is exact (averaged output-layer blocks).')
     parser.add_argument('--ckpt', help='multi-head checkpoint (default: path.pretrain_network_g of --opt)')
     parser.add_argument('--opt', required=True, help='the option file the checkpoint was trained with')
-    parser.add_argument('--head', default='best',
-                        help='best (multihead.best_head of the checkpoint), an extended head N (3 or h3), or a pair '
-                        'i+j (default: best)')
+    parser.add_argument(
+        '--head',
+        default='best',
+        help='best (multihead.best_head of the checkpoint), an extended head N (3 or h3), or a pair '
+        'i+j (default: best)')
     parser.add_argument('--out', required=True, help='output .pth (never overwritten)')
     parser.add_argument('--no-verify', action='store_true', help='skip the probe comparison with the multi-head net')
     return parser

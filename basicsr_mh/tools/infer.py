@@ -9,15 +9,13 @@ channel. 16-bit inputs give 16-bit PNGs. Unreadable files are reported by name a
 """
 import argparse
 import csv
-import os
-
 import cv2
 import numpy as np
+import os
 import torch
 from tqdm import tqdm
 
 from basicsr_mh.archs.multihead_arch import _find_in_channels
-
 from .common import (ToolError, add_model_arguments, head_name, head_pairs, load_model, parse_head, read_options,
                      run_tool)
 from .runner import HeadRunner
@@ -131,12 +129,17 @@ def build_parser(prog=None):
                         'unless --ckpt)')
     parser.add_argument('--input', required=True, help='an image or a folder of images')
     parser.add_argument('--output', required=True, help='output folder (created; never the input folder)')
-    parser.add_argument('--heads', help='best (default; multihead.best_head), all (K\' files per image), or one head '
-                        'N / hN / i+j')
-    parser.add_argument('--select', choices=RULES, help='pick per image: consensus (medoid head), mean (average of '
-                        'the heads), sharpness (highest Laplacian variance)')
-    parser.add_argument('--tile', type=int, default=512, help='tile larger images into tiles of this side; 0: never '
-                        '(default 512)')
+    parser.add_argument(
+        '--heads', help='best (default; multihead.best_head), all (K\' files per image), or one head '
+        'N / hN / i+j')
+    parser.add_argument(
+        '--select',
+        choices=RULES,
+        help='pick per image: consensus (medoid head), mean (average of '
+        'the heads), sharpness (highest Laplacian variance)')
+    parser.add_argument(
+        '--tile', type=int, default=512, help='tile larger images into tiles of this side; 0: never '
+        '(default 512)')
     parser.add_argument('--tile-overlap', type=int, default=32, help='overlap of tiles, blended (default 32)')
     parser.add_argument('--device', help='cpu, cuda, cuda:1 (default: cuda when available)')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
@@ -186,8 +189,8 @@ def _run(args):
             writer = csv.writer(f)
             writer.writerow(['image', 'rule', 'head'])
             writer.writerows(choices)
-    what = f'--select {args.select}' if args.select else ('all heads' if heads_spec == 'all' else
-                                                          f'head {head_name(net, indices[0])}')
+    what = f'--select {args.select}' if args.select else (
+        'all heads' if heads_spec == 'all' else f'head {head_name(net, indices[0])}')
     print(f'Deblurred {done} image(s) with {ckpt} ({what}) into {args.output}.')
     if skipped:
         print(f'Skipped {len(skipped)} unreadable file(s): {", ".join(skipped)}')

@@ -1,7 +1,6 @@
 """Run a (multi-head) network on images of any size: padding to the size the backbone needs, overlapping tiles."""
 import torch
 import torch.nn.functional as F
-
 from basicsr.utils import get_root_logger
 
 from .common import final_output
