@@ -29,6 +29,8 @@ import time
 import torch
 import yaml
 
+from .metrics import RGB_PSNR_SSIM
+
 #: The embedded option template (BasicSR option-file layout). ``None`` values are filled per run by
 #: :func:`make_options`; everything else is what both runs share.
 TEMPLATE = {
@@ -102,18 +104,7 @@ TEMPLATE = {
     'val': {
         'val_freq': None,
         'save_img': False,
-        'metrics': {
-            'psnr': {
-                'type': 'calculate_psnr',
-                'crop_border': 0,
-                'test_y_channel': False
-            },
-            'ssim': {
-                'type': 'calculate_ssim',
-                'crop_border': 0,
-                'test_y_channel': False
-            },
-        },
+        'metrics': copy.deepcopy(RGB_PSNR_SSIM),
     },
     'logger': {
         'print_freq': None,

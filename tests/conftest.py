@@ -2,10 +2,12 @@
 # isort: off
 import basicsr_mh  # noqa: F401  (must precede basicsr imports: installs the torchvision alias)
 # isort: on
+import copy
 import pytest
 import yaml
 
 from basicsr_mh.data.example_pairs import TRAIN_PHOTOS, VAL_PHOTOS, make_pair_folder
+from basicsr_mh.metrics import RGB_PSNR_SSIM
 
 PHOTOS = TRAIN_PHOTOS + VAL_PHOTOS
 
@@ -90,18 +92,7 @@ def srmodel_options(pair_data, name, num_heads=4, combine=True, total_iter=20, v
         'val': {
             'val_freq': val_freq,
             'save_img': True,
-            'metrics': {
-                'psnr': {
-                    'type': 'calculate_psnr',
-                    'crop_border': 0,
-                    'test_y_channel': False
-                },
-                'ssim': {
-                    'type': 'calculate_ssim',
-                    'crop_border': 0,
-                    'test_y_channel': False
-                }
-            },
+            'metrics': copy.deepcopy(RGB_PSNR_SSIM),
         },
         'logger': {
             'print_freq': 5,

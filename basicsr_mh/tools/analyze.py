@@ -23,24 +23,14 @@ import torch
 from tqdm import tqdm
 
 from basicsr_mh.metrics import per_head
+from ..metrics import RGB_PSNR_SSIM
 from .common import (MULTIHEAD_META_KEY, ToolError, add_model_arguments, head_name, head_pairs, load_model,
                      read_options, run_tool)
 from .infer import pick_device
 from .runner import HeadRunner
 from .selection import RULES, select
 
-DEFAULT_METRICS = {
-    'psnr': {
-        'type': 'calculate_psnr',
-        'crop_border': 0,
-        'test_y_channel': False
-    },
-    'ssim': {
-        'type': 'calculate_ssim',
-        'crop_border': 0,
-        'test_y_channel': False
-    },
-}
+DEFAULT_METRICS = RGB_PSNR_SSIM
 
 
 def _pyplot():
