@@ -15,6 +15,10 @@ import os
 import sys
 import time
 import torch
+
+# isort: off
+import basicsr_mh  # noqa: F401  (registers archs/losses/models; installs the torchvision alias first)
+# isort: on
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher
@@ -25,7 +29,6 @@ from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logge
 from basicsr.utils.options import copy_opt_file, dict2str
 from os import path as osp
 
-import basicsr_mh  # noqa: F401  (registers archs/losses/models; installs the torchvision alias first)
 from .cli_options import parse_options, setup_root_logger
 from .models.checkpoint import atomic_write_json, preserved_rng, read_checkpoint, set_rng_state
 from .options import preflight

@@ -177,9 +177,10 @@ def basicsr_read_img_worker():
     Imported late so that copying and cropping do not load torch; ``basicsr_mh`` comes first, since BasicSR 1.4.2
     cannot be imported on current torchvision without its alias.
     """
-    from basicsr.utils.lmdb_util import read_img_worker
-
+    # isort: off
     import basicsr_mh  # noqa: F401
+    from basicsr.utils.lmdb_util import read_img_worker
+    # isort: on
     return read_img_worker
 
 

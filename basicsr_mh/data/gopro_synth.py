@@ -545,9 +545,10 @@ class _Writer:
     def __init__(self, root, lmdb, num, hw):
         self.lmdb = lmdb
         if lmdb:
-            from basicsr.utils.lmdb_util import LmdbMaker
-
+            # isort: off
             import basicsr_mh  # noqa: F401  (the compat alias before basicsr)
+            from basicsr.utils.lmdb_util import LmdbMaker
+            # isort: on
             os.makedirs(root)
             map_size = max(1, num) * (hw[0] * hw[1] * 3 + 4096) * 4 + (1 << 24)
             self.makers = {
