@@ -21,6 +21,37 @@ def pair_data(tmp_path_factory):
     return {'train': train, 'val': val}
 
 
+def tiny_datasets(pair_data, dataset_type='PairedImageDataset', **train_extra):
+    """``datasets`` options over :func:`pair_data`: 32x32 crops in batches of 2, no workers; ``train_extra`` adds to
+    (or overrides) the train entry (augmentation flags, progressive-training lists)."""
+    train = {
+        'name': 'TinyTrain',
+        'type': dataset_type,
+        'dataroot_gt': pair_data['train'][0],
+        'dataroot_lq': pair_data['train'][1],
+        'filename_tmpl': '{}',
+        'io_backend': {
+            'type': 'disk'
+        },
+        'gt_size': 32,
+        'num_worker_per_gpu': 0,
+        'batch_size_per_gpu': 2,
+        'dataset_enlarge_ratio': 1,
+        'prefetch_mode': None
+    }
+    train.update(train_extra)
+    val = {
+        'name': 'TinyVal',
+        'type': dataset_type,
+        'dataroot_gt': pair_data['val'][0],
+        'dataroot_lq': pair_data['val'][1],
+        'io_backend': {
+            'type': 'disk'
+        }
+    }
+    return {'train': train, 'val': val}
+
+
 def srmodel_options(pair_data, name, num_heads=4, combine=True, total_iter=20, val_freq=10, **extra_net):
     """An upstream-BasicSR SRModel option dict (NAFNet width 8, L1Loss, CosineAnnealingRestartLR)."""
     network = dict(type='NAFNet', img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
@@ -33,34 +64,7 @@ def srmodel_options(pair_data, name, num_heads=4, combine=True, total_iter=20, v
         'scale': 1,
         'num_gpu': 0,
         'manual_seed': 10,
-        'datasets': {
-            'train': {
-                'name': 'TinyTrain',
-                'type': 'PairedImageDataset',
-                'dataroot_gt': pair_data['train'][0],
-                'dataroot_lq': pair_data['train'][1],
-                'filename_tmpl': '{}',
-                'io_backend': {
-                    'type': 'disk'
-                },
-                'gt_size': 32,
-                'use_hflip': True,
-                'use_rot': True,
-                'num_worker_per_gpu': 0,
-                'batch_size_per_gpu': 2,
-                'dataset_enlarge_ratio': 1,
-                'prefetch_mode': None
-            },
-            'val': {
-                'name': 'TinyVal',
-                'type': 'PairedImageDataset',
-                'dataroot_gt': pair_data['val'][0],
-                'dataroot_lq': pair_data['val'][1],
-                'io_backend': {
-                    'type': 'disk'
-                }
-            },
-        },
+        'datasets': tiny_datasets(pair_data, use_hflip=True, use_rot=True),
         'network_g': network,
         'path': {
             'pretrain_network_g': None,

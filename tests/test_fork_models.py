@@ -13,7 +13,7 @@ import torch
 from basicsr.data import build_dataset
 from basicsr.models import build_model
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
-from conftest import write_options
+from conftest import tiny_datasets, write_options
 from torch.utils.data import DataLoader
 
 from basicsr_mh.models import ImageCleanModel, ImageRestorationModel, MultiHeadImageRestorationModel
@@ -402,35 +402,7 @@ def nafnet_fork_options(pair_data, name, heads):
     opt = _base_options(pair_data, name, heads)
     opt.update({
         'model_type': 'ImageRestorationModel',
-        'datasets': {
-            'train': {
-                'name': 'TinyTrain',
-                'type': 'PairedImageDataset',
-                'dataroot_gt': pair_data['train'][0],
-                'dataroot_lq': pair_data['train'][1],
-                'filename_tmpl': '{}',
-                'io_backend': {
-                    'type': 'disk'
-                },
-                'gt_size': 32,
-                'use_flip': True,
-                'use_rot': True,
-                'use_shuffle': True,
-                'num_worker_per_gpu': 0,
-                'batch_size_per_gpu': 2,
-                'dataset_enlarge_ratio': 1,
-                'prefetch_mode': None
-            },
-            'val': {
-                'name': 'TinyVal',
-                'type': 'PairedImageDataset',
-                'dataroot_gt': pair_data['val'][0],
-                'dataroot_lq': pair_data['val'][1],
-                'io_backend': {
-                    'type': 'disk'
-                }
-            },
-        },
+        'datasets': tiny_datasets(pair_data, use_flip=True, use_rot=True, use_shuffle=True),
         'train': {
             'optim_g': {
                 'type': 'AdamW',
@@ -488,39 +460,19 @@ def restormer_fork_options(pair_data, name, heads):
     """Deblurring_Restormer.yml in miniature: ImageCleanModel, Dataset_PairedImage, progressive training, mixup."""
     opt = _base_options(pair_data, name, heads)
     opt.update({
-        'model_type': 'ImageCleanModel',
-        'network_g': _restormer_net(heads),
-        'datasets': {
-            'train': {
-                'name': 'TinyTrain',
-                'type': 'Dataset_PairedImage',
-                'dataroot_gt': pair_data['train'][0],
-                'dataroot_lq': pair_data['train'][1],
-                'geometric_augs': True,
-                'filename_tmpl': '{}',
-                'io_backend': {
-                    'type': 'disk'
-                },
-                'use_shuffle': True,
-                'num_worker_per_gpu': 0,
-                'batch_size_per_gpu': 2,
-                'mini_batch_sizes': [2, 1],
-                'iters': [4, 6],
-                'gt_size': 32,
-                'gt_sizes': [16, 32],
-                'dataset_enlarge_ratio': 1,
-                'prefetch_mode': None
-            },
-            'val': {
-                'name': 'TinyVal',
-                'type': 'Dataset_PairedImage',
-                'dataroot_gt': pair_data['val'][0],
-                'dataroot_lq': pair_data['val'][1],
-                'io_backend': {
-                    'type': 'disk'
-                }
-            },
-        },
+        'model_type':
+        'ImageCleanModel',
+        'network_g':
+        _restormer_net(heads),
+        'datasets':
+        tiny_datasets(
+            pair_data,
+            'Dataset_PairedImage',
+            geometric_augs=True,
+            use_shuffle=True,
+            mini_batch_sizes=[2, 1],
+            iters=[4, 6],
+            gt_sizes=[16, 32]),
         'train': {
             'total_iter': 10,
             'warmup_iter': -1,
