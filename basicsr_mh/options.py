@@ -10,7 +10,7 @@ import difflib
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
-from .archs.multihead_arch import check_head_options, num_extended_heads
+from .archs.multihead_arch import check_head_options, declared_in_channels, num_extended_heads
 
 MULTIHEAD_MODEL = 'MultiHeadImageRestorationModel'
 UPGRADABLE_MODELS = ('SRModel', 'ImageRestorationModel', 'ImageCleanModel', MULTIHEAD_MODEL)
@@ -209,25 +209,11 @@ def check_pretrained(opt, net):
 def _net_in_channels(opt, net):
     """(channels, option key) of the network input, from the backbone's options or its constructor's default;
     (None, None) when neither tells (no check then)."""
-    import inspect
-
-    from .archs.multihead_arch import _IN_CHANNEL_KEYS
     net_opt = opt.get('network_g') or {}
     arch_opt, prefix = (net_opt['backbone'], 'network_g.backbone') if isinstance(net_opt.get('backbone'), dict) \
         else (net_opt, 'network_g')
-    for key in _IN_CHANNEL_KEYS:
-        if isinstance(arch_opt.get(key), int):
-            return arch_opt[key], f'{prefix}.{key}'
-    backbone = getattr(net, 'backbone', net)
-    for cls in type(backbone).__mro__:
-        try:
-            params = inspect.signature(cls.__init__).parameters
-        except (TypeError, ValueError):
-            continue
-        for key in _IN_CHANNEL_KEYS:
-            if key in params and isinstance(params[key].default, int):
-                return params[key].default, f'{prefix}.{key}'
-    return None, None
+    channels, key = declared_in_channels(arch_opt, getattr(net, 'backbone', net))
+    return (channels, f'{prefix}.{key}') if channels is not None else (None, None)
 
 
 def _read_image(file_client, path, phase, role):

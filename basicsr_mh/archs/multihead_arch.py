@@ -244,12 +244,20 @@ class MultiHeadInputConv2d(nn.Conv2d):
                                       error_msgs)
 
 
-def _find_in_channels(backbone_opt, backbone):
+def declared_in_channels(backbone_opt, backbone):
+    """``(channels, key)`` of a backbone's input as its options or its constructor's default declare them.
+
+    Args:
+        backbone_opt (dict | None): the backbone's options (``img_channel``, ``in_channels``, ``num_in_ch``, ...).
+        backbone (nn.Module): the built backbone; its class hierarchy is searched for a default (HINet registers
+            other convs before the one that reads the image; HINetLocal passes its arguments on with ``**kwargs``).
+
+    Returns:
+        tuple: ``(int, str)``, or ``(None, None)`` when neither declares it.
+    """
     for key in _IN_CHANNEL_KEYS:
         if isinstance(backbone_opt, dict) and isinstance(backbone_opt.get(key), int):
-            return backbone_opt[key]
-    # the constructor's default, through the class hierarchy (HINet registers other convs before the one that reads
-    # the image; HINetLocal passes its arguments on with **kwargs)
+            return backbone_opt[key], key
     for cls in type(backbone).__mro__:
         try:
             params = inspect.signature(cls.__init__).parameters
@@ -257,7 +265,14 @@ def _find_in_channels(backbone_opt, backbone):
             continue
         for key in _IN_CHANNEL_KEYS:
             if key in params and isinstance(params[key].default, int):
-                return params[key].default
+                return params[key].default, key
+    return None, None
+
+
+def _find_in_channels(backbone_opt, backbone):
+    channels, _ = declared_in_channels(backbone_opt, backbone)
+    if channels is not None:
+        return channels
     for module in backbone.modules():
         if isinstance(module, nn.Conv2d):
             return module.in_channels
