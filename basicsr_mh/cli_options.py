@@ -9,6 +9,7 @@ import argparse
 import os
 import random
 import torch
+from basicsr.utils import make_exp_dirs as basicsr_make_exp_dirs
 from basicsr.utils import set_random_seed
 from basicsr.utils.dist_util import get_dist_info
 from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
@@ -178,3 +179,14 @@ def setup_root_logger(log_file):
         logger.addHandler(file_handler)
         logger.setLevel(logging.INFO)
     return logger
+
+
+#: Entries of ``path`` that are settings, not folders (BasicSR's ``make_exp_dirs`` would create a folder of each).
+PATH_SETTINGS = ('trust_checkpoint', )
+
+
+def make_exp_dirs(opt):
+    """BasicSR's ``make_exp_dirs`` (rank 0 archives an existing experiment/results folder and makes the new ones),
+    leaving out the ``path`` entries that are settings (:data:`PATH_SETTINGS`)."""
+    folders = {k: v for k, v in opt['path'].items() if k not in PATH_SETTINGS}
+    basicsr_make_exp_dirs(dict(opt, path=folders))

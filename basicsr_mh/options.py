@@ -171,12 +171,13 @@ def check_pretrained(opt, net):
     """Load ``path.pretrain_network_g`` into the pre-flight network as the model will; a checkpoint of another head
     count or backbone raises a ValueError naming the file (instead of a size-mismatch traceback after the folders
     are made)."""
-    from .models.checkpoint import read_checkpoint
+    from .models.checkpoint import checkpoint_trust, read_checkpoint
     path_opt = opt.get('path') or {}
     path = path_opt.get('pretrain_network_g')
+    trust = checkpoint_trust(opt)
     if not path or net is None:
         return
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, trust=trust)
     key = path_opt.get('param_key_g') or path_opt.get('param_key') or 'params'
     if isinstance(checkpoint, dict) and key not in checkpoint and 'params' in checkpoint:
         key = 'params'

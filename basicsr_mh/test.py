@@ -15,11 +15,11 @@ import basicsr_mh  # noqa: F401
 # isort: on
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
-from basicsr.utils import get_env_info, get_time_str, make_exp_dirs
+from basicsr.utils import get_env_info, get_time_str
 from basicsr.utils.options import dict2str
 from os import path as osp
 
-from .cli_options import parse_options, setup_root_logger
+from .cli_options import make_exp_dirs, parse_options, setup_root_logger
 from .models.checkpoint import atomic_write_json
 from .options import preflight
 

@@ -24,13 +24,14 @@ from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher
 from basicsr.models import build_model
 from basicsr.train import init_tb_loggers
-from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, make_exp_dirs,
-                           mkdir_and_rename, scandir)
+from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, mkdir_and_rename,
+                           scandir)
 from basicsr.utils.options import copy_opt_file, dict2str
 from os import path as osp
 
-from .cli_options import parse_options, setup_root_logger
-from .models.checkpoint import atomic_write_json, preserved_rng, read_checkpoint, set_rng_state
+from .cli_options import make_exp_dirs, parse_options, setup_root_logger
+from .models.checkpoint import (UntrustedCheckpointError, atomic_write_json, checkpoint_trust, preserved_rng,
+                                read_checkpoint, set_rng_state)
 from .options import preflight
 
 
@@ -44,20 +45,27 @@ def barrier(opt):
         torch.distributed.barrier()
 
 
-def _usable_state(state_path, models_dir, warn):
-    """Whether ``<iter>.state`` and its ``net_g_<iter>.pth`` both exist and load; warns (``warn``) when not."""
+def _usable_state(state_path, models_dir, warn, trust):
+    """Whether ``<iter>.state`` and its ``net_g_<iter>.pth`` both exist and load; warns (``warn``) when not.
+
+    Raises:
+        UntrustedCheckpointError: either file needs ``weights_only=False`` and ``trust`` is False (never skipped: an
+            older state would silently replace the newest).
+    """
     iteration = osp.basename(state_path)[:-len('.state')]
     net_path = osp.join(models_dir, f'net_g_{iteration}.pth')
     if not osp.isfile(net_path):
         warn(f'Resume: skipping {state_path}: its network {net_path} does not exist (interrupted while saving?).')
         return False
-    for path, trusted in ((state_path, True), (net_path, False)):
+    for path, is_state in ((state_path, True), (net_path, False)):
         try:
-            content = read_checkpoint(path, trusted=trusted)
+            content = read_checkpoint(path, trust=trust)
+        except UntrustedCheckpointError:
+            raise
         except (ValueError, FileNotFoundError) as err:
             warn(f'Resume: skipping {state_path}: {err}')
             return False
-        if not isinstance(content, dict) or ('iter' not in content if trusted else 'params' not in content):
+        if not isinstance(content, dict) or ('iter' not in content if is_state else 'params' not in content):
             warn(f'Resume: skipping {state_path}: {path} is not a complete training state / network checkpoint.')
             return False
     return True
@@ -68,12 +76,13 @@ def find_resume_state(opt, warn=None):
 
     ``--auto_resume``: the latest ``<iter>.state`` in ``training_states/`` whose ``models/net_g_<iter>.pth`` exists and
     both load; ``*.tmp`` files (interrupted atomic writes) are ignored and broken files skipped with a warning. Rank 0
-    chooses and the other ranks follow. Without it: ``path.resume_state`` (or None).
+    chooses and the other ranks follow; a file refused as untrusted stops every rank with that message. Without it:
+    ``path.resume_state`` (or None).
     """
     warn = warn or (lambda msg: get_root_logger().warning(msg))
     if not opt['auto_resume']:
         return opt['path'].get('resume_state')
-    chosen = None
+    chosen, refusal = None, None
     if opt.get('rank', 0) == 0:
         state_dir = opt['path']['training_states']
         if osp.isdir(state_dir):
@@ -81,27 +90,33 @@ def find_resume_state(opt, warn=None):
                 name for name in scandir(state_dir, suffix='.state', recursive=False)
                 if name[:-len('.state')].isdigit()
             ]
-            for name in sorted(names, key=lambda n: int(n[:-len('.state')]), reverse=True):
-                path = osp.join(state_dir, name)
-                if _usable_state(path, opt['path']['models'], warn):
-                    chosen = path
-                    break
+            try:
+                for name in sorted(names, key=lambda n: int(n[:-len('.state')]), reverse=True):
+                    path = osp.join(state_dir, name)
+                    if _usable_state(path, opt['path']['models'], warn, checkpoint_trust(opt)):
+                        chosen = path
+                        break
+            except UntrustedCheckpointError as err:
+                refusal = str(err)
     if _dist_ready(opt):
-        box = [chosen]
+        box = [chosen, refusal]
         torch.distributed.broadcast_object_list(box, src=0)
-        chosen = box[0]
+        chosen, refusal = box
+    if refusal is not None:
+        raise UntrustedCheckpointError(refusal)
     if chosen is not None:
         opt['path']['resume_state'] = chosen
     return chosen
 
 
 def load_resume_state(opt, warn=None):
-    """Load the resume state on the CPU and point ``path.pretrain_network_g`` at its network (``params`` and
-    ``params_ema`` are loaded from it into net_g and net_g_ema)."""
+    """Load the resume state on the CPU (``weights_only=True`` unless ``path.trust_checkpoint``) and point
+    ``path.pretrain_network_g`` at its network (``params`` and ``params_ema`` are loaded from it into net_g and
+    net_g_ema)."""
     path = find_resume_state(opt, warn)
     if path is None:
         return None
-    state = read_checkpoint(path, trusted=True)
+    state = read_checkpoint(path, trust=checkpoint_trust(opt))
     models_dir = opt['path']['models']
     if opt['path'].get('pretrain_network_g') is None or opt['auto_resume']:
         opt['path']['pretrain_network_g'] = osp.join(models_dir, f'net_g_{state["iter"]}.pth')

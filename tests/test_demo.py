@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 
+pytestmark = pytest.mark.slow  # subprocess runs of training / the CLI
+
 
 def _table_value(report, label):
     """(PSNR, SSIM) of the summary-table row whose first cell starts with ``label``."""

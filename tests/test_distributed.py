@@ -9,6 +9,8 @@ from conftest import PHOTOS, srmodel_options, write_options
 
 from basicsr_mh.data.example_pairs import make_pair_folder
 
+pytestmark = pytest.mark.slow  # subprocess runs of training / the CLI
+
 
 def free_port():
     """A TCP port nobody listens on now."""

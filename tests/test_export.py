@@ -101,6 +101,7 @@ def trained(pair_data, tmp_path_factory):
     return workdir, opt_path, str(workdir / 'experiments' / 'mhc_export' / 'models' / 'net_g_4.pth')
 
 
+@pytest.mark.slow
 def test_done_when_head_2_plus_1_loads_into_stock_nafnet(trained, pair_data):
     workdir, opt_path, ckpt = trained
     out = str(workdir / 'h4.pth')
@@ -126,6 +127,7 @@ def test_done_when_head_2_plus_1_loads_into_stock_nafnet(trained, pair_data):
             torch.testing.assert_close(stock(x), multi(x)[:, 4], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_best_head_and_refusals(trained, tmp_path, capsys):
     _, opt_path, ckpt = trained
     out = str(tmp_path / 'best.pth')

@@ -552,6 +552,7 @@ def _last_metrics(text):
     return values
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('key', list(RUNS))
 def test_fork_file_trains_and_validates(fork_runs, key):
     text, returncode, stderr = fork_runs[key]
@@ -573,6 +574,7 @@ def test_fork_file_trains_and_validates(fork_runs, key):
     assert 0 <= values['best_head'] < K_EXT
 
 
+@pytest.mark.slow
 def test_nafnet_file_details(fork_runs):
     text = fork_runs['nafnet_single'][0]
     assert 'use_flip (NAFNet/HINet\'s name) read as BasicSR\'s use_hflip' in text
@@ -581,6 +583,7 @@ def test_nafnet_file_details(fork_runs):
     assert re.search(r'iter:\s+5, lr:\(' + re.escape(f'{lr5:.3e}'), text)
 
 
+@pytest.mark.slow
 def test_restormer_file_details(fork_runs):
     text = fork_runs['restormer_mhc'][0]
     assert 'stage 1/2 from iter 1: patch size 16, batch size 2 per GPU' in text

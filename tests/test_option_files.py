@@ -434,6 +434,7 @@ def _cpu_run_options(path, pair_data, iters=3):
     return opt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', sorted(glob.glob(osp.join(OPTIONS, 'train/CPU/*.yml'))), ids=rel)
 def test_cpu_variant_trains(path, pair_data, tmp_path):
     """`basicsr train -opt` on the CPU file: 3 iterations, one validation, a checkpoint; MH-C logs every head."""

@@ -82,6 +82,7 @@ def test_parse_options_fails_before_writing(pair_data, tmp_path):
     assert not (tmp_path / 'experiments').exists()
 
 
+@pytest.mark.slow
 def test_cli_prints_clear_error_and_touches_nothing(pair_data, tmp_path):
     opt = srmodel_options(pair_data, 'cli_bad')
     opt['network_g']['num_heads'] = -2

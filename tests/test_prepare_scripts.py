@@ -30,6 +30,8 @@ from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGIST
 from basicsr_mh.data.example_pairs import TRAIN_PHOTOS, VAL_PHOTOS, motion_blur, photo_bgr
 from basicsr_mh.options import upgrade_options
 
+pytestmark = pytest.mark.slow  # subprocess runs of training / the CLI
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 GOPRO = osp.join(ROOT, 'scripts', 'prepare_gopro.py')
 HIDE = osp.join(ROOT, 'scripts', 'prepare_hide.py')

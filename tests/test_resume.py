@@ -39,6 +39,7 @@ def final_metrics(workdir):
     return data['datasets']['TinyVal']
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(pair_data, tmp_path):
     opt = options(pair_data)
     full, killed = tmp_path / 'full', tmp_path / 'killed'

@@ -8,6 +8,8 @@ import sys
 import torch
 from conftest import srmodel_options, write_options
 
+pytestmark = pytest.mark.slow  # subprocess runs of training / the CLI
+
 K, K_EXT = 4, 10
 
 

@@ -1,43 +1,90 @@
 """Reading and writing checkpoints safely: clear errors for bad files, atomic writes that never leave half files."""
 import numpy as np
 import os
+import pickle
 import random
+import re
 import tempfile
 import torch
-from basicsr.utils import get_root_logger
 from contextlib import contextmanager
 
+#: How a user accepts a checkpoint that needs more than ``weights_only=True`` (named by every refusal).
+TRUST_HINT = ('Fix: only if you trust whoever made the file, pass --trust-checkpoint (infer, export, analyze) or set '
+              'path.trust_checkpoint: true in the option file (train, test).')
 
-def read_checkpoint(path, trusted=False):
-    """Load a checkpoint on the CPU.
+
+class UntrustedCheckpointError(ValueError):
+    """A checkpoint or training state holds pickled objects that ``weights_only=True`` refuses (loading them could
+    run code). A ``ValueError`` too, so the command line prints it as one line."""
+
+
+def checkpoint_trust(opt):
+    """``path.trust_checkpoint`` of an option dict (default False); a clear error when it is not a boolean."""
+    value = (opt.get('path') or {}).get('trust_checkpoint', False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ValueError(f'path.trust_checkpoint is {value!r}; it must be true or false. Fix: write '
+                         '`trust_checkpoint: true` only for checkpoints from a source you trust.')
+    return value
+
+
+def unsafe_globals(path, error):
+    """The globals (``module.name``) of checkpoint ``path`` that ``weights_only`` loading refuses.
+
+    Read by disassembling the pickle without running it (:func:`torch.serialization.get_unsafe_globals_in_checkpoint`);
+    for files it cannot read (the legacy non-zip format), taken from torch's ``error`` message.
+    """
+    found = []
+    lister = getattr(torch.serialization, 'get_unsafe_globals_in_checkpoint', None)
+    if lister is not None:
+        try:
+            found = list(lister(path))
+        except Exception:  # noqa: BLE001  (legacy format, damaged archive: fall back to the message)
+            found = []
+    if not found:
+        found = re.findall(r'GLOBAL ([\w.]+) was not an allowed global', str(error))
+    return list(dict.fromkeys(found))
+
+
+def read_checkpoint(path, trust=False):
+    """Load a network checkpoint or a training state on the CPU, with ``weights_only=True`` unless ``trust``.
+
+    Nothing in an untrusted file can run code: a file that needs more than tensors, numbers, strings and plain
+    containers is refused before any of it is unpickled, naming the offending globals and the opt-in.
 
     Args:
         path (str): a ``.pth`` / ``.state`` file.
-        trusted (bool): allow arbitrary pickled objects (our own training states); network checkpoints are read
-            with ``weights_only=True`` first.
+        trust (bool): load arbitrary pickled objects (``weights_only=False``): ``--trust-checkpoint`` /
+            ``path.trust_checkpoint: true``, for files from a source the user trusts.
 
     Returns:
         dict: the loaded object.
 
     Raises:
         FileNotFoundError / ValueError: naming the file and what is wrong with it.
+        UntrustedCheckpointError: the file needs ``weights_only=False`` and ``trust`` is False.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f'Checkpoint "{path}" does not exist. Fix: check path.pretrain_network_g / --ckpt.')
     try:
-        if trusted:
-            return torch.load(path, map_location='cpu', weights_only=False)
-        try:
-            return torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as safe_err:  # older checkpoints may hold other pickled objects
-            if 'weights_only' not in str(safe_err) and 'Unsupported global' not in str(safe_err):
-                raise
-            get_root_logger().warning(f'{path}: not loadable with weights_only=True; loading it fully (only load '
-                                      'checkpoints you trust).')
-            return torch.load(path, map_location='cpu', weights_only=False)
+        return torch.load(path, map_location='cpu', weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        offending = unsafe_globals(path, err) if not trust else []
+        if offending:
+            raise UntrustedCheckpointError(
+                f'Checkpoint "{path}" was not loaded: it holds pickled objects other than tensors and plain '
+                f'containers ({", ".join(offending[:6])}{" ..." if len(offending) > 6 else ""}), and loading them '
+                f'can run code. {TRUST_HINT}') from None
+        raise _unreadable(path, err) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ValueError(f'Checkpoint "{path}" cannot be read ({err}). It may be truncated or not a PyTorch '
-                         'checkpoint. Fix: point to a complete .pth file.') from err
+        raise _unreadable(path, err) from err
+
+
+def _unreadable(path, err):
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ValueError(f'Checkpoint "{path}" cannot be read ({first_line}). It may be truncated or not a PyTorch '
+                      'checkpoint. Fix: point to a complete .pth file.')
 
 
 def atomic_torch_save(obj, path):
@@ -87,19 +134,41 @@ def check_finite_state(state_dict, what):
 
 
 def get_rng_state():
-    """The python, numpy, torch (and CUDA) random generator states of this process, as a dict."""
+    """The python, numpy, torch (and CUDA) random generator states of this process, as a dict that
+    ``torch.load(weights_only=True)`` reads (the numpy key is a tensor, not a pickled array)."""
+    numpy_state = np.random.get_state(legacy=False)
     return {
         'python': random.getstate(),
-        'numpy': np.random.get_state(),
+        'numpy': {
+            'bit_generator': str(numpy_state['bit_generator']),
+            'key': torch.from_numpy(numpy_state['state']['key'].astype(np.int64)),
+            'pos': int(numpy_state['state']['pos']),
+            'has_gauss': int(numpy_state['has_gauss']),
+            'gauss': float(numpy_state['gauss']),
+        },
         'torch': torch.get_rng_state(),
         'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
 
 
 def set_rng_state(state):
-    """Restore the states of :func:`get_rng_state` (CUDA ones only when a GPU is present)."""
+    """Restore the states of :func:`get_rng_state` (CUDA ones only when a GPU is present).
+
+    The numpy entry may also be numpy's legacy tuple (training states written by basicsr-mh 0.1).
+    """
     random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
+    numpy_state = state['numpy']
+    if isinstance(numpy_state, dict):
+        numpy_state = {
+            'bit_generator': numpy_state['bit_generator'],
+            'state': {
+                'key': numpy_state['key'].numpy().astype(np.uint32),
+                'pos': numpy_state['pos']
+            },
+            'has_gauss': numpy_state['has_gauss'],
+            'gauss': numpy_state['gauss'],
+        }
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state['torch'])
     if state.get('cuda') is not None and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state['cuda'])

@@ -18,7 +18,8 @@ from ..archs.multihead_arch import MultiHeadArch, head_pair_name
 from ..losses.min_head_loss import MinHeadLoss, log_loss_upgrade
 from ..metrics import per_head_many
 from ..options import upgrade_options
-from .checkpoint import NonFiniteError, atomic_torch_save, check_finite_state, get_rng_state, read_checkpoint
+from .checkpoint import (NonFiniteError, atomic_torch_save, check_finite_state, checkpoint_trust, get_rng_state,
+                         read_checkpoint)
 from .lr_scheduler import build_scheduler
 from .tiling import check_grid_options, grid_crop_size, merge_tiles, split_tiles
 from .train_augment import MixingAugment, ProgressiveTraining
@@ -92,7 +93,7 @@ class MultiHeadImageRestorationModel(SRModel):
         self._win_counts = torch.zeros(self.num_outputs, dtype=torch.float64, device=self.device)
         load_path = self.opt['path'].get('pretrain_network_g')
         if load_path:
-            meta = read_checkpoint(load_path).get(MULTIHEAD_META_KEY) or {}
+            meta = read_checkpoint(load_path, trust=checkpoint_trust(self.opt)).get(MULTIHEAD_META_KEY) or {}
             self.best_head = int(meta.get('best_head', 0)) if meta.get('num_outputs') == self.num_outputs else 0
 
     # ------------------------------------------------------------------ setup
@@ -178,7 +179,7 @@ class MultiHeadImageRestorationModel(SRModel):
         """Load a checkpoint; a single-head checkpoint's output layer warm-starts every head (logged)."""
         logger = get_root_logger()
         net = self.get_bare_model(net)
-        checkpoint = read_checkpoint(load_path)
+        checkpoint = read_checkpoint(load_path, trust=checkpoint_trust(self.opt))
         if param_key is not None:
             if param_key not in checkpoint and 'params' in checkpoint:
                 logger.info(f'Loading: {param_key} does not exist in {load_path}, use params.')
@@ -570,7 +571,8 @@ class MultiHeadImageRestorationModel(SRModel):
         atomic_torch_save(save_dict, save_path)
 
     def save_training_state(self, epoch, current_iter):
-        """Optimizers, schedulers, head statistics and every rank's RNG states, written atomically (by rank 0).
+        """Optimizers, schedulers, head statistics and every rank's RNG states, written atomically (by rank 0) as
+        tensors, numbers, strings and plain containers only, so that ``torch.load(weights_only=True)`` reads it.
 
         ``training_state_extras`` (set by the training loop: the position in the epoch) is added.
         """
@@ -594,7 +596,17 @@ class MultiHeadImageRestorationModel(SRModel):
         }
         state.update(self.training_state_extras)
         if hasattr(self, 'best_metric_results'):
-            state['best_metric_results'] = deepcopy(self.best_metric_results)
+            state['best_metric_results'] = {
+                dataset: {
+                    metric: {
+                        'better': str(record['better']),
+                        'val': float(record['val']),
+                        'iter': int(record['iter'])
+                    }
+                    for metric, record in records.items()
+                }
+                for dataset, records in self.best_metric_results.items()
+            }
         atomic_torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, resume_state):

@@ -26,6 +26,7 @@ from basicsr_mh.metrics import per_head
 from ..metrics import RGB_PSNR_SSIM
 from .common import (MULTIHEAD_META_KEY, ToolError, add_model_arguments, head_name, head_pairs, load_model,
                      read_options, run_tool)
+from .guards import output_file
 from .infer import pick_device
 from .runner import HeadRunner
 from .selection import RULES, select
@@ -74,12 +75,12 @@ def write_heatmaps(folder, name, base, pair=None):
         return None, None
     os.makedirs(folder, exist_ok=True)
     res = residual_map(base).numpy()
-    res_path = os.path.join(folder, f'{name}_residual.png')
+    res_path = output_file(folder, f'{name}_residual.png')
     cv2.imwrite(res_path, colorize(res, 'inferno', 0.0, float(res.max())))
     i, j = pair if pair is not None else most_different_pair(base)
     diff = (base[i] - base[j]).double().mean(dim=0).numpy()
     bound = max(float(np.abs(diff).max()), 1e-12)
-    diff_path = os.path.join(folder, f'{name}_diff_{i}-{j}.png')
+    diff_path = output_file(folder, f'{name}_diff_{i}-{j}.png')
     cv2.imwrite(diff_path, colorize(diff, 'RdBu_r', -bound, bound))
     return res_path, diff_path
 
@@ -165,9 +166,10 @@ def analyze(opt,
             tile=0,
             tile_overlap=32,
             pair=None,
-            progress=True):
-    """Run the analysis; returns the table dict written to ``table.json``."""
-    net, _, checkpoint, key, ckpt_path = load_model(opt, ckpt, param_key)
+            progress=True,
+            trust=False):
+    """Run the analysis; returns the table dict written to ``table.json``. ``trust``: ``--trust-checkpoint``."""
+    net, _, checkpoint, key, ckpt_path = load_model(opt, ckpt, param_key, trust)
     data = build_eval_dataset(opt, dataset)
     runner = HeadRunner(net, pick_device(device), tile, tile_overlap, (opt.get('val') or {}).get('window_size'))
     metrics, psnr_opt = _metric_options(opt)
@@ -345,7 +347,8 @@ def _run(args):
         args.tile,
         args.tile_overlap,
         pair,
-        progress=not args.quiet)
+        progress=not args.quiet,
+        trust=args.trust_checkpoint)
     with open(os.path.join(out, 'table.md')) as f:
         print(f.read())
     print(f'Wrote the analysis of {table["num_images"]} images to {out}.')

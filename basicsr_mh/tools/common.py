@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 from basicsr_mh import compat  # noqa: F401  (must precede any basicsr import)
 from basicsr_mh.archs.multihead_arch import MultiHeadArch, head_pair_name
-from basicsr_mh.models.checkpoint import read_checkpoint
+from basicsr_mh.models.checkpoint import checkpoint_trust, read_checkpoint
 from basicsr_mh.options import upgrade_network_options
 
 MULTIHEAD_META_KEY = 'multihead'  # same as basicsr_mh.models.multihead_model.MULTIHEAD_META_KEY
@@ -36,6 +36,16 @@ def add_model_arguments(parser, opt_help):
         '--param-key',
         help='checkpoint entry (default: path.param_key_g, else params_ema when '
         'present, else params)')
+    add_trust_argument(parser)
+
+
+def add_trust_argument(parser):
+    """Add ``--trust-checkpoint``: load a checkpoint that needs more than ``weights_only=True`` (can run code)."""
+    parser.add_argument(
+        '--trust-checkpoint',
+        action='store_true',
+        help='load a checkpoint that holds pickled objects beyond tensors and plain containers (this can run code '
+        'from the file: only for files from a source you trust; path.trust_checkpoint: true does the same)')
 
 
 def read_options(path):
@@ -99,14 +109,17 @@ def load_state(net, state, where):
             from err
 
 
-def load_model(opt, ckpt=None, param_key=None):
+def load_model(opt, ckpt=None, param_key=None, trust=False):
     """Build ``network_g`` and load its weights.
+
+    Args:
+        trust (bool): ``--trust-checkpoint``; ``path.trust_checkpoint`` of ``opt`` counts too.
 
     Returns:
         tuple: (net in eval mode, long-form net options, checkpoint dict, param key used, checkpoint path).
     """
     path = checkpoint_path(opt, ckpt)
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, trust=trust or checkpoint_trust(opt))
     net, net_opt = build_net(opt)
     key = default_param_key(checkpoint, opt, param_key)
     load_state(net, state_of(checkpoint, key), f'checkpoint "{path}" [{key}]')

@@ -22,10 +22,10 @@ import torch
 from collections import OrderedDict
 
 from basicsr_mh.archs.multihead_arch import MultiHeadArch, _get_submodule
-from basicsr_mh.models.checkpoint import atomic_torch_save, read_checkpoint
+from basicsr_mh.models.checkpoint import atomic_torch_save, checkpoint_trust, read_checkpoint
 from basicsr_mh.version import __version__
-from .common import (MULTIHEAD_META_KEY, ToolError, build_net, check_meta, final_output, final_output_index, head_name,
-                     load_state, parse_head, read_options, run_tool, state_of)
+from .common import (MULTIHEAD_META_KEY, ToolError, add_trust_argument, build_net, check_meta, final_output,
+                     final_output_index, head_name, load_state, parse_head, read_options, run_tool, state_of)
 
 EXPORT_META_KEY = 'exported_from'
 _EQUAL_RTOL = 1e-6
@@ -117,7 +117,7 @@ def verify_export(net, plain, index, probe_size=64, backbone_opt=None, probe_cha
     return err
 
 
-def export_head(ckpt_path, opt, head='best', out_path=None, verify=True):
+def export_head(ckpt_path, opt, head='best', out_path=None, verify=True, trust=False):
     """Export one head; returns the checkpoint dict written (or that would be written when ``out_path`` is None).
 
     Args:
@@ -126,11 +126,13 @@ def export_head(ckpt_path, opt, head='best', out_path=None, verify=True):
         head (str | int): ``best``, an extended-head index, or ``'i+j'``.
         out_path (str | None): where to write; refused when it exists.
         verify (bool): compare the exported backbone with the multi-head network on a probe input.
+        trust (bool): ``--trust-checkpoint``: load a checkpoint that needs ``weights_only=False``
+            (``path.trust_checkpoint`` of ``opt`` counts too).
     """
     if out_path is not None and os.path.exists(out_path):
         raise FileExistsError(f'--out "{out_path}" exists; export never overwrites. Fix: choose another path or '
                               'remove the file.')
-    checkpoint = read_checkpoint(ckpt_path)
+    checkpoint = read_checkpoint(ckpt_path, trust=trust or checkpoint_trust(opt))
     net, net_opt = build_net(opt)
     keys = [k for k in ('params', 'params_ema') if k in checkpoint] or [None]
     index = parse_head(head, net, checkpoint)
@@ -179,6 +181,7 @@ def build_parser(prog=None):
         'i+j (default: best)')
     parser.add_argument('--out', required=True, help='output .pth (never overwritten)')
     parser.add_argument('--no-verify', action='store_true', help='skip the probe comparison with the multi-head net')
+    add_trust_argument(parser)
     return parser
 
 
@@ -187,7 +190,7 @@ def _run(args):
     ckpt = args.ckpt or (opt.get('path') or {}).get('pretrain_network_g')
     if not ckpt:
         raise ToolError('no checkpoint: pass --ckpt or set path.pretrain_network_g in the option file.')
-    saved = export_head(ckpt, opt, args.head, args.out, verify=not args.no_verify)
+    saved = export_head(ckpt, opt, args.head, args.out, verify=not args.no_verify, trust=args.trust_checkpoint)
     meta = saved[EXPORT_META_KEY]
     keys = [k for k in saved if k != EXPORT_META_KEY]
     err = ', '.join(f'{k} {v:.2g}' for k, v in meta['verified_max_abs_error'].items()) or 'not checked'

@@ -3,13 +3,16 @@
 Every readable image of ``--input`` (a file, or the files of a folder, not recursive) is restored at its own size
 (padding as the backbone needs; tiles with blended overlaps above ``--tile``) and written as PNG to ``--output``:
 ``<stem>.png`` for one head or a selection rule (:mod:`basicsr_mh.tools.selection`), ``<stem>_h<k>.png`` for
-``--heads all``. Input files are only read: ``--output`` may not be the input's folder. Grayscale images run through
-a 3-channel network replicated to RGB and are written gray; a 1-channel network restores colour images channel by
-channel. 16-bit inputs give 16-bit PNGs. Unreadable files are reported by name and skipped.
+``--heads all``. Input files are only read: ``--output`` may not be the input's folder; nothing is written outside
+``--output`` or through a symbolic link, and an image whose header claims more than ``--max-pixels`` is skipped
+before it is decoded (:mod:`basicsr_mh.tools.guards`). Grayscale images run through a 3-channel network replicated
+to RGB and are written gray; a 1-channel network restores colour images channel by channel. 16-bit inputs give 16-bit
+PNGs. Unreadable files are reported by name and skipped.
 """
 import argparse
 import csv
 import cv2
+import io
 import numpy as np
 import os
 import torch
@@ -18,6 +21,7 @@ from tqdm import tqdm
 from basicsr_mh.archs.multihead_arch import _find_in_channels
 from .common import (ToolError, add_model_arguments, head_name, head_pairs, load_model, parse_head, read_options,
                      run_tool)
+from .guards import DEFAULT_MAX_PIXELS, output_file, oversized_image, write_atomic
 from .runner import HeadRunner
 from .selection import RULES, select
 
@@ -87,19 +91,32 @@ def from_heads(out, mode):
 
 
 def write_image(path, img, depth=8):
-    """Write (C, H, W) float RGB/gray in [0, 1] as PNG (rounded as BasicSR's ``tensor2img``)."""
+    """Write (C, H, W) float RGB/gray in [0, 1] as PNG (rounded as BasicSR's ``tensor2img``), atomically and never
+    through a symbolic link (:func:`basicsr_mh.tools.guards.write_atomic`)."""
     arr = img.detach().float().clamp(0, 1).permute(1, 2, 0).numpy()
     peak, dtype = (65535., np.uint16) if depth == 16 else (255., np.uint8)
     arr = (arr * peak).round().astype(dtype)
     arr = arr[..., 0] if arr.shape[2] == 1 else np.ascontiguousarray(arr[..., ::-1])
-    if not cv2.imwrite(path, arr):
-        raise OSError(f'cannot write "{path}".')
+    ok, encoded = cv2.imencode('.png', arr)
+    if not ok:
+        raise OSError(f'cannot encode "{path}" as PNG.')
+    write_atomic(path, encoded.tobytes())
 
 
 def output_stems(files):
     """Unique output stems: the file's stem, or its name with dots replaced where two files share a stem."""
     stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
     return [s if stems.count(s) == 1 else os.path.basename(f).replace('.', '_') for s, f in zip(stems, files)]
+
+
+def output_names(stems, heads_spec, indices, select_rule):
+    """Every file name infer will write into ``--output``: ``<stem>.png`` or ``<stem>_h<k>.png``, and
+    ``selection.csv`` with ``--select``."""
+    if heads_spec == 'all' and not select_rule:
+        names = [f'{stem}_h{k}.png' for stem in stems for k in indices]
+    else:
+        names = [f'{stem}.png' for stem in stems]
+    return names + (['selection.csv'] if select_rule else [])
 
 
 def check_output(input_path, output_dir):
@@ -141,6 +158,12 @@ def build_parser(prog=None):
         '--tile', type=int, default=512, help='tile larger images into tiles of this side; 0: never '
         '(default 512)')
     parser.add_argument('--tile-overlap', type=int, default=32, help='overlap of tiles, blended (default 32)')
+    parser.add_argument(
+        '--max-pixels',
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help='skip images whose header claims more pixels, before decoding them (default '
+        f'{DEFAULT_MAX_PIXELS:,}; 0: no limit)')
     parser.add_argument('--device', help='cpu, cuda, cuda:1 (default: cuda when available)')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     return parser
@@ -154,7 +177,7 @@ def _run(args):
     if not files:
         raise ToolError(f'--input "{args.input}" holds no files.')
     opt = read_options(args.opt)
-    net, net_opt, checkpoint, _, ckpt = load_model(opt, args.ckpt, args.param_key)
+    net, net_opt, checkpoint, _, ckpt = load_model(opt, args.ckpt, args.param_key, args.trust_checkpoint)
     num_outputs = len(head_pairs(net))
     heads_spec = args.heads or 'best'
     indices = list(range(num_outputs)) if heads_spec == 'all' else [parse_head(heads_spec, net, checkpoint)]
@@ -162,10 +185,17 @@ def _run(args):
     in_channels = net_opt.get('probe_channels') or _find_in_channels(backbone_opt, getattr(net, 'backbone', net))
     window = (opt.get('val') or {}).get('window_size')
     runner = HeadRunner(net, pick_device(args.device), args.tile, args.tile_overlap, window)
+    stems = output_stems(files)
+    for name in output_names(stems, heads_spec, indices, args.select):  # every name checked before any work
+        output_file(args.output, name)
     os.makedirs(args.output, exist_ok=True)
     skipped, done, choices = [], 0, []
-    stems = output_stems(files)
     for path, stem in tqdm(list(zip(files, stems)), unit='img', disable=args.quiet, desc='infer'):
+        too_big = oversized_image(path, args.max_pixels)
+        if too_big:
+            skipped.append(os.path.basename(path))
+            tqdm.write(f'skipped {os.path.basename(path)}: {too_big}')
+            continue
         read = read_image(path)
         if read is None:
             skipped.append(os.path.basename(path))
@@ -176,24 +206,25 @@ def _run(args):
         heads = from_heads(runner(x), mode)
         if args.select:
             index, chosen = select(heads, args.select)
-            write_image(os.path.join(args.output, f'{stem}.png'), chosen, depth)
+            write_image(output_file(args.output, f'{stem}.png'), chosen, depth)
             choices.append((os.path.basename(path), args.select, 'mean' if index < 0 else head_name(net, index)))
         elif heads_spec == 'all':
             for k in indices:
-                write_image(os.path.join(args.output, f'{stem}_h{k}.png'), heads[k], depth)
+                write_image(output_file(args.output, f'{stem}_h{k}.png'), heads[k], depth)
         else:
-            write_image(os.path.join(args.output, f'{stem}.png'), heads[indices[0]], depth)
+            write_image(output_file(args.output, f'{stem}.png'), heads[indices[0]], depth)
         done += 1
     if choices:
-        with open(os.path.join(args.output, 'selection.csv'), 'w', newline='') as f:
-            writer = csv.writer(f)
-            writer.writerow(['image', 'rule', 'head'])
-            writer.writerows(choices)
+        table = io.StringIO(newline='')
+        writer = csv.writer(table)
+        writer.writerow(['image', 'rule', 'head'])
+        writer.writerows(choices)
+        write_atomic(output_file(args.output, 'selection.csv'), table.getvalue().encode('utf-8'))
     what = f'--select {args.select}' if args.select else (
         'all heads' if heads_spec == 'all' else f'head {head_name(net, indices[0])}')
     print(f'Deblurred {done} image(s) with {ckpt} ({what}) into {args.output}.')
     if skipped:
-        print(f'Skipped {len(skipped)} unreadable file(s): {", ".join(skipped)}')
+        print(f'Skipped {len(skipped)} unreadable or oversized file(s): {", ".join(skipped)}')
     return 0 if done else 1
 
 
