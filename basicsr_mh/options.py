@@ -10,11 +10,12 @@ import difflib
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
-from .archs.multihead_arch import check_head_options, declared_in_channels, num_extended_heads
+from .archs.multihead_arch import check_head_init, check_head_options, declared_in_channels, num_extended_heads
+from .losses.min_head_loss import ASSIGNMENT_KEYS, check_assignment_options
 
 MULTIHEAD_MODEL = 'MultiHeadImageRestorationModel'
 UPGRADABLE_MODELS = ('SRModel', 'ImageRestorationModel', 'ImageCleanModel', MULTIHEAD_MODEL)
-WRAPPER_KEYS = ('num_heads', 'combine', 'head_layers', 'probe_size', 'probe_channels', 'feed_all_heads')
+WRAPPER_KEYS = ('num_heads', 'combine', 'head_layers', 'probe_size', 'probe_channels', 'feed_all_heads', 'head_init')
 
 MAX_OUTPUTS = 1024
 
@@ -68,6 +69,7 @@ def upgrade_network_options(net_opt, key='network_g'):
         if not isinstance(backbone, dict) or 'type' not in backbone:
             raise ValueError(f'{key}.backbone must be `{{type: <backbone>, ...}}` for type MultiHeadArch.')
         _check_arch_type(backbone['type'], f'{key}.backbone.type')
+        check_head_init(net_opt.get('head_init', 'backbone'), key)
         net_opt.update(num_heads=num_heads, combine=combine)
         return net_opt, (num_heads, combine) != (1, False)
     if not any(k in net_opt for k in WRAPPER_KEYS):
@@ -76,7 +78,10 @@ def upgrade_network_options(net_opt, key='network_g'):
     num_heads, combine = _check_heads(net_opt, key)
     _check_arch_type(net_opt['type'], f'{key}.type')
     wrapper = {k: net_opt.pop(k) for k in WRAPPER_KEYS if k in net_opt}
+    check_head_init(wrapper.get('head_init', 'backbone'), key)
     if num_heads == 1 and not combine:
+        if wrapper.get('head_init', 'backbone') != 'backbone':  # MultiHeadArch builds the plain backbone, initialised
+            return dict(type='MultiHeadArch', backbone=net_opt, **wrapper), False
         return net_opt, False
     wrapper.update(num_heads=num_heads, combine=combine)
     return dict(type='MultiHeadArch', backbone=net_opt, **wrapper), True
@@ -126,6 +131,7 @@ def upgrade_options(opt, notes=None):
         if loss_type not in LOSS_REGISTRY:
             close = difflib.get_close_matches(str(loss_type), list(LOSS_REGISTRY.keys()), n=3)
             raise ValueError(f'train.pixel_opt.type "{loss_type}" is not a registered loss. Close names: {close}.')
+        check_assignment_options(**{k: pixel_opt[k] for k in ASSIGNMENT_KEYS if k in pixel_opt})
         if loss_type == 'MinHeadLoss':
             inner = pixel_opt.get('loss') or {}
             if inner.get('type') not in LOSS_REGISTRY:

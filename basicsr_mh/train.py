@@ -304,13 +304,14 @@ def train_pipeline(root_path, argv=None):
                 log_vars.update({'time': iter_timer.get_avg_time(), 'data_time': data_timer.get_avg_time()})
                 log_vars.update(model.get_current_log())
                 msg_logger(log_vars)
+            # validation first (BasicSR saves first): a checkpoint records the best head of its own iteration
+            if val_freq is not None and current_iter % val_freq == 0:
+                validate_all(model, val_loaders, current_iter, tb_logger, opt, metrics_path)
+                last_val_iter = current_iter
             if current_iter % opt['logger']['save_checkpoint_freq'] == 0:
                 logger.info('Saving models and training states.')
                 model.training_state_extras = {'epoch_iter': epoch_iter, 'world_size': opt['world_size']}
                 model.save(epoch, current_iter)
-            if val_freq is not None and current_iter % val_freq == 0:
-                validate_all(model, val_loaders, current_iter, tb_logger, opt, metrics_path)
-                last_val_iter = current_iter
             data_timer.start()
             iter_timer.start()
             train_data = prefetcher.next()
@@ -322,11 +323,11 @@ def train_pipeline(root_path, argv=None):
     if getattr(model, 'skipped_steps', 0):
         logger.warning(f'{model.skipped_steps} training step(s) were skipped for a non-finite loss or gradient '
                        '(train.skip_nonfinite).')
-    logger.info('Save the latest model.')
-    model.save(epoch=-1, current_iter=-1)
     final_iter = min(current_iter, total_iters)
     if opt.get('val') is not None and last_val_iter != final_iter:  # BasicSR validates once more unless just done
         validate_all(model, val_loaders, final_iter, tb_logger, opt, metrics_path)
+    logger.info('Save the latest model.')
+    model.save(epoch=-1, current_iter=-1)
     if tb_logger:
         tb_logger.close()
     barrier(opt)

@@ -29,6 +29,11 @@ __all__ = [
 ]
 
 MAX_RECOMMENDED_HEADS = 16
+#: ``network_g.head_init`` values: ``backbone`` keeps the backbone's own initialisation of the output layer;
+#: ``identity`` scales it so that every head starts at the network input plus a small distinct perturbation.
+HEAD_INITS = ('backbone', 'identity')
+#: RMS of a head's departure from the input at an identity start, measured on the build probe.
+IDENTITY_PERTURBATION = 1e-3
 _IN_CHANNEL_KEYS = ('img_channel', 'inp_channels', 'in_channels', 'num_in_ch', 'in_chans', 'in_nc', 'in_c', 'in_chn')
 
 
@@ -85,6 +90,15 @@ def check_head_options(num_heads, combine, where='network_g'):
         warnings.warn(f'{where}.num_heads={num_heads} is above {MAX_RECOMMENDED_HEADS}: the paper finds gains '
                       'saturate at 4-5 heads, and K\' grows quadratically with combine.')
     return num_heads, combine
+
+
+def check_head_init(head_init, where='network_g'):
+    """Validate ``head_init`` (one of :data:`HEAD_INITS`) and return it."""
+    if head_init not in HEAD_INITS:
+        raise ValueError(f'{where}.head_init must be one of {", ".join(HEAD_INITS)}, got {head_init!r}. Fix: '
+                         '`head_init: identity` (every head starts at the input image) or `head_init: backbone` (the '
+                         'backbone\'s own initialisation).')
+    return head_init
 
 
 def _conv_settings(conv):
@@ -384,6 +398,77 @@ class _TailProbe:
         return found
 
 
+def _probe_backbone(backbone, in_ch, probe_size):
+    """Run ``backbone`` (in eval mode) once on a seeded random probe ``(1, in_ch, probe_size, probe_size)``.
+
+    Returns:
+        tuple: (:class:`_TailProbe`, its outputs (list of tensors), the Conv2d calls {name: [output shapes]}).
+    """
+    ref = next(iter(backbone.parameters()), None)
+    gen = torch.Generator().manual_seed(0)
+    probe_input = torch.rand(1, in_ch, probe_size, probe_size, generator=gen)
+    if ref is not None:
+        probe_input = probe_input.to(device=ref.device, dtype=ref.dtype)
+    probe = _TailProbe(backbone, probe_input)
+    try:
+        base_outputs, calls = probe.run()
+    except Exception as err:
+        raise ValueError(f'MultiHeadArch: the backbone {type(backbone).__name__} failed on a probe input of shape '
+                         f'{tuple(probe_input.shape)}: {err}. Fix: set `probe_size` (a size the backbone accepts) '
+                         'or `probe_channels` under network_g.') from err
+    return probe, base_outputs, calls
+
+
+@torch.no_grad()
+def start_at_identity(probe, layers, backbone_type):
+    """Scale the output layer(s) ``layers`` (plain Conv2d, before they are grown) so that the network starts at its
+    input: with the layers at zero the final output must equal the probe input (a global residual, as NAFNet, HINet,
+    Restormer and MPRNet have); then their weights are scaled so the output departs from the input by an RMS of
+    :data:`IDENTITY_PERTURBATION` on the probe, and their biases are zeroed. The grown heads then draw distinct
+    weights at that scale (:meth:`MultiHeadConv2d._init_from`), so no two heads tie in the min-head assignment.
+
+    Raises:
+        ValueError: the backbone's output with the layers at zero is not its input (``head_init: identity`` is
+            impossible; the message names the fix).
+    """
+    weights = [layer.weight.detach().clone() for layer in layers]
+    for layer in layers:
+        layer.weight.zero_()
+        if layer.bias is not None:
+            layer.bias.zero_()
+    at_zero, _ = probe.run()
+    x = probe.probe_input
+    final = at_zero[-1]
+    misfit = float((final - x).abs().max()) if final.shape == x.shape else math.inf
+    if not misfit <= 1e-4:
+        shape_note = '' if final.shape == x.shape else f' (output {tuple(final.shape)}, input {tuple(x.shape)})'
+        raise ValueError(f'network_g.head_init: identity needs a backbone whose output is its input when the output '
+                         f'layer gives zero (a global residual); {backbone_type} is not{shape_note}, misfit '
+                         f'{misfit:.3g}. Fix: `head_init: backbone`.')
+    for layer, weight in zip(layers, weights):
+        layer.weight.copy_(weight)
+    moved, _ = probe.run()
+    rms = float((moved[-1] - final).double().pow(2).mean().sqrt())
+    scale = IDENTITY_PERTURBATION / rms if rms > 0 else 0.0
+    for layer, weight in zip(layers, weights):
+        layer.weight.copy_(weight * scale)
+
+
+def identity_backbone(backbone, backbone_opt=None, head_layers=None, probe_size=64, probe_channels=None):
+    """``head_init: identity`` for a plain (single-head) backbone: its output layer(s), found by the same probe as
+    for heads, start as :func:`start_at_identity` says. Returns ``backbone`` (changed in place)."""
+    was_training = backbone.training
+    backbone.eval()
+    in_ch = probe_channels or _find_in_channels(backbone_opt, backbone)
+    probe, base_outputs, calls = _probe_backbone(backbone, in_ch, probe_size)
+    modules = dict(backbone.named_modules())
+    backbone_type = type(backbone).__name__
+    assigned = MultiHeadArch._choose_head_layers(backbone_type, head_layers, probe, base_outputs, calls, modules)
+    start_at_identity(probe, [modules[name] for name, _, _ in assigned.values()], backbone_type)
+    backbone.train(was_training)
+    return backbone
+
+
 @ARCH_REGISTRY.register()
 class MultiHeadArch(nn.Module):
     """K output heads on any BasicSR backbone (Liu et al., "Multi-Outputs Is All You Need For Deblur").
@@ -403,6 +488,11 @@ class MultiHeadArch(nn.Module):
             function of a non-final stage's head layer (HINet/MPRNet ``sam*.conv3``, which read the stage image)
             reads all K head images of that stage (:class:`MultiHeadInputConv2d`, ``K * C`` input channels), as the
             reference multi-head HINet/MPRNet do. False: it reads the mean of the heads (no extra parameters).
+        head_init (str): ``backbone`` (the backbone's own initialisation of the output layer; head 0 takes it, the
+            other heads fresh draws of its scale) or ``identity`` (:func:`start_at_identity`: every head starts at
+            the network input plus a small distinct perturbation; needs a global residual). Applies to the plain
+            backbone of ``num_heads: 1, combine: false`` too. Only the initialisation differs: checkpoints load as
+            before.
 
     Input ``(B, C_in, H, W)``; output ``(B, K', C_out, H', W')``, or for a multi-stage backbone that returns a list,
     a list with one such tensor per headed stage (stages without a head layer stay ``(B, C_out, H', W')``).
@@ -417,7 +507,11 @@ class MultiHeadArch(nn.Module):
             return super().__new__(cls)
         num_heads, combine = check_head_options(num_heads, combine)
         if num_heads == 1 and not combine:
-            return _build_backbone(backbone)
+            plain = _build_backbone(backbone)
+            if check_head_init(kwargs.get('head_init', 'backbone')) == 'identity':
+                identity_backbone(plain, backbone if isinstance(backbone, dict) else None, kwargs.get('head_layers'),
+                                  kwargs.get('probe_size', 64), kwargs.get('probe_channels'))
+            return plain
         return super().__new__(cls)
 
     def __init__(self,
@@ -427,9 +521,11 @@ class MultiHeadArch(nn.Module):
                  head_layers=None,
                  probe_size=64,
                  probe_channels=None,
-                 feed_all_heads=True):
+                 feed_all_heads=True,
+                 head_init='backbone'):
         super().__init__()
         num_heads, combine = check_head_options(num_heads, combine)
+        self.head_init = check_head_init(head_init)
         self.num_heads = num_heads
         self.combine = combine
         self.head_pairs = extended_head_pairs(num_heads, combine)
@@ -443,29 +539,20 @@ class MultiHeadArch(nn.Module):
 
         in_ch = probe_channels or _find_in_channels(backbone, self.backbone)
         self.feed_all_heads = bool(feed_all_heads)
-        self._attach_heads(head_layers, in_ch, probe_size)
+        self._attach_heads(head_layers, in_ch, probe_size, self.head_init)
         self._register_state_dict_hook(_strip_backbone_prefix)
         self._register_load_state_dict_pre_hook(_add_backbone_prefix)
 
     # ------------------------------------------------------------------ build
-    def _attach_heads(self, head_layers, in_ch, probe_size):
+    def _attach_heads(self, head_layers, in_ch, probe_size, head_init):
         was_training = self.backbone.training
         self.backbone.eval()
-        ref = next(iter(self.backbone.parameters()), None)
-        gen = torch.Generator().manual_seed(0)
-        probe_input = torch.rand(1, in_ch, probe_size, probe_size, generator=gen)
-        if ref is not None:
-            probe_input = probe_input.to(device=ref.device, dtype=ref.dtype)
-        probe = _TailProbe(self.backbone, probe_input)
-        try:
-            base_outputs, calls = probe.run()
-        except Exception as err:
-            raise ValueError(f'MultiHeadArch: the backbone {self.backbone_type} failed on a probe input of shape '
-                             f'{tuple(probe_input.shape)}: {err}. Fix: set `probe_size` (a size the backbone accepts) '
-                             'or `probe_channels` under network_g.') from err
+        probe, base_outputs, calls = _probe_backbone(self.backbone, in_ch, probe_size)
         modules = dict(self.backbone.named_modules())
-        assigned = self._choose_head_layers(head_layers, probe, base_outputs, calls, modules)
+        assigned = self._choose_head_layers(self.backbone_type, head_layers, probe, base_outputs, calls, modules)
         head_inputs = self._find_head_inputs(probe, assigned, calls, modules) if self.feed_all_heads else {}
+        if head_init == 'identity':  # before growing: every head is drawn at the scaled layer's scale
+            start_at_identity(probe, [modules[name] for name, _, _ in assigned.values()], self.backbone_type)
         self.head_layer_names = []
         self.output_heads = {}
         self.output_scales = {}
@@ -511,7 +598,8 @@ class MultiHeadArch(nn.Module):
                     found[consumer] = (name, scale)
         return found
 
-    def _choose_head_layers(self, head_layers, probe, base_outputs, calls, modules):
+    @staticmethod
+    def _choose_head_layers(backbone_type, head_layers, probe, base_outputs, calls, modules):
         """Return {output index: (layer name, tail scale a, detach_mean)} after checking additivity."""
         out_channels = {y.shape[1] for y in base_outputs}
         candidates = [
@@ -523,10 +611,10 @@ class MultiHeadArch(nn.Module):
                 if name not in modules or not isinstance(modules[name], nn.Conv2d):
                     close = difflib.get_close_matches(name, [n for n in calls], n=3)
                     raise ValueError(f'network_g.head_layers names "{name}", which is no Conv2d layer of '
-                                     f'{self.backbone_type}. Conv2d layers with {sorted(out_channels)} output '
+                                     f'{backbone_type}. Conv2d layers with {sorted(out_channels)} output '
                                      f'channels: {candidates[-8:]}; close names: {close}.')
                 if len(calls.get(name, [])) != 1:
-                    raise ValueError(f'network_g.head_layers: layer "{name}" of {self.backbone_type} runs '
+                    raise ValueError(f'network_g.head_layers: layer "{name}" of {backbone_type} runs '
                                      f'{len(calls.get(name, []))} times per forward; a head layer must run exactly '
                                      'once. Fix: name the layer that produces the final image.')
             search = names
@@ -541,7 +629,7 @@ class MultiHeadArch(nn.Module):
             ]
             if not additive:
                 if head_layers is not None:
-                    raise ValueError(self._not_additive_message(name, effects))
+                    raise ValueError(MultiHeadArch._not_additive_message(backbone_type, name, effects))
                 continue
             index = additive[-1]
             moves_others = any(moved for i, (_, _, moved) in enumerate(effects) if i != index)
@@ -551,19 +639,20 @@ class MultiHeadArch(nn.Module):
         if not assigned:
             last = search[0] if search else None
             if last is None:
-                raise ValueError(f'MultiHeadArch: {self.backbone_type} has no Conv2d layer with '
+                raise ValueError(f'MultiHeadArch: {backbone_type} has no Conv2d layer with '
                                  f'{sorted(out_channels)} output channels that runs once per forward, so no output '
                                  'layer can be grown. Fix: name it in `head_layers`.')
             effects = probe.tail_effect(modules[last], calls[last][0], base_outputs)
-            raise ValueError(self._not_additive_message(last, effects))
+            raise ValueError(MultiHeadArch._not_additive_message(backbone_type, last, effects))
         if head_layers is None and len(base_outputs) - 1 not in assigned:
             raise ValueError(f'MultiHeadArch: found no additive output layer for the final output of '
-                             f'{self.backbone_type}. Fix: name it in `head_layers`.')
+                             f'{backbone_type}. Fix: name it in `head_layers`.')
         return assigned
 
-    def _not_additive_message(self, name, effects):
+    @staticmethod
+    def _not_additive_message(backbone_type, name, effects):
         worst = min((res for _, res, _ in effects), default=math.inf)
-        return (f'MultiHeadArch: the tail of {self.backbone_type} after layer "{name}" is not additive (a change '
+        return (f'MultiHeadArch: the tail of {backbone_type} after layer "{name}" is not additive (a change '
                 f'of that layer\'s output moves the network output by something other than a scaled crop of it; '
                 f'relative misfit {worst:.3g}), so its heads cannot be computed exactly. Supported tails: global '
                 'residual, crop after padding, `x / img_range + mean`. Fix: name an additive output layer in '

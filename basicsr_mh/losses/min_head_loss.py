@@ -29,30 +29,107 @@ def build_inner_loss(loss_opt, where='MinHeadLoss.loss'):
         raise ValueError(f'{where}: cannot build {loss_type} with {opt}: {err}') from err
 
 
+ASSIGNMENTS = ('hard', 'relaxed', 'annealed')
+#: MinHeadLoss's own keys, which may stand next to a plain loss's under ``train.pixel_opt`` (the short form).
+ASSIGNMENT_KEYS = ('assignment', 'epsilon', 'temperature', 'anneal_iters')
+
+
+def _check_number(value, name, low, high=None):
+    if isinstance(value, bool) or not isinstance(value,
+                                                 (int, float)) or value < low or (high is not None and value > high):
+        bound = f'in [{low}, {high}]' if high is not None else f'>= {low}'
+        raise ValueError(f'train.pixel_opt.{name} must be a number {bound}, got {value!r}.')
+    return float(value)
+
+
+def check_assignment_options(assignment='hard', epsilon=0.05, temperature=1.0, anneal_iters=1000):
+    """Validate MinHeadLoss's assignment keys; returns ``(assignment, epsilon, temperature, anneal_iters)``.
+
+    Raises:
+        ValueError: naming the ``train.pixel_opt`` key and the allowed values.
+    """
+    if assignment not in ASSIGNMENTS:
+        raise ValueError(f'train.pixel_opt.assignment must be one of {", ".join(ASSIGNMENTS)}, got {assignment!r}. '
+                         'Fix: `assignment: hard` (the paper), `relaxed` or `annealed`.')
+    return (assignment, _check_number(epsilon, 'epsilon', 0.0,
+                                      0.999), _check_number(temperature, 'temperature',
+                                                            0.0), int(_check_number(anneal_iters, 'anneal_iters', 0)))
+
+
+def assignment_weights(losses, assignment='hard', epsilon=0.05, temperature=0.0):
+    """How much each head of each sample is trained: (B, K') per-head losses -> (B, K') weights, rows summing to 1.
+
+    * ``hard`` (the paper, Eq. 4-5): 1 for the head with the smallest loss, 0 elsewhere.
+    * ``relaxed`` (Rupprecht et al., ICCV 2017): ``1 - epsilon`` for the winner, ``epsilon / (K' - 1)`` for every
+      other head; ``epsilon = 0`` is ``hard``.
+    * ``annealed`` (annealed MCL, Perera et al., NeurIPS 2024): ``softmin(L / (temperature * gap))`` where ``gap``
+      is the sample's mean distance of the head losses to the smallest one (so ``temperature`` is free of the loss's
+      units); ``temperature = 0`` is ``hard``.
+
+    Ties go to the lowest index, as ``argmin``. Computed without gradient.
+    """
+    with torch.no_grad():
+        winners = losses.argmin(dim=1)
+        hard = torch.zeros_like(losses).scatter_(1, winners.unsqueeze(1), 1.0)
+        k = losses.shape[1]
+        if assignment == 'hard' or k == 1:
+            return hard
+        if assignment == 'relaxed':
+            if epsilon == 0:
+                return hard
+            return hard * (1.0 - epsilon) + (1.0 - hard) * (epsilon / (k - 1))
+        if assignment == 'annealed':
+            if temperature <= 0:
+                return hard
+            excess = losses - losses.min(dim=1, keepdim=True).values
+            gap = excess.sum(dim=1, keepdim=True) / (k - 1)
+            scaled = excess / (temperature * gap.clamp_min(torch.finfo(losses.dtype).tiny))
+            return torch.softmax(-scaled, dim=1)
+        raise ValueError(f'assignment {assignment!r} is not one of {ASSIGNMENTS}.')
+
+
 @LOSS_REGISTRY.register()
 class MinHeadLoss(nn.Module):
-    """Each sample back-propagates only through the head with the smallest loss (the paper's Eq. 4-5).
+    """Each sample back-propagates only through the head with the smallest loss (the paper's Eq. 4-5), or, with
+    ``assignment: relaxed | annealed``, through every head with the weights of :func:`assignment_weights`.
 
     For sample ``b`` and (extended) head ``k`` the inner loss ``L[b, k]`` is computed; the winner
     ``k_b = argmin_k L[b, k]`` is chosen without gradient, and the loss is the mean over samples of
     ``L[b, k_b]``, so the other heads get exactly zero gradient from that sample. ``MinHeadLoss(PSNRLoss)`` equals
     the reference ``MultiHeadPSNRLoss``. Only the winners' images enter the autograd graph, so memory does not grow
-    with the number of heads.
+    with the number of heads. With ``relaxed``/``annealed`` the loss is the mean over samples of
+    ``sum_k w[b, k] L[b, k]`` (every head in the graph); head ``k`` gets exactly ``w[b, k]`` of sample ``b``'s
+    gradient.
 
     Args:
         loss (dict | nn.Module): the inner pixel loss (any BasicSR-registered loss: L1Loss, MSELoss,
             CharbonnierLoss, PSNRLoss, ...), with its own ``loss_weight``.
         loss_weight (float): an extra multiplier. Default 1.
+        assignment (str): ``hard`` (default, the paper), ``relaxed`` or ``annealed``.
+        epsilon (float): ``relaxed``: the share of the non-winning heads, in [0, 1). Default 0.05.
+        temperature (float): ``annealed``: the starting temperature (in units of the per-sample mean loss gap to
+            the winner). Default 1.
+        anneal_iters (int): ``annealed``: the temperature falls linearly from ``temperature`` to 0 over these
+            iterations, pure winner-takes-all after. Default 1000.
 
-    Forward: ``pred`` (B, K', C, H, W) and ``target`` (B, C, H, W) -> scalar. A 4-D ``pred`` (a plain single-head
-    output) is passed to the inner loss unchanged. After a forward, ``last_winners`` (B,) holds each sample's head and
-    ``last_losses`` (B, K') the per-head losses.
+    Forward: ``pred`` (B, K', C, H, W), ``target`` (B, C, H, W) and ``current_iter`` (int, for ``annealed``) ->
+    scalar. A 4-D ``pred`` (a plain single-head output) is passed to the inner loss unchanged. After a forward,
+    ``last_winners`` (B,) holds each sample's head and ``last_losses`` (B, K') the per-head losses.
     """
 
-    def __init__(self, loss=None, loss_weight=1.0, reduction='mean'):
+    def __init__(self,
+                 loss=None,
+                 loss_weight=1.0,
+                 reduction='mean',
+                 assignment='hard',
+                 epsilon=0.05,
+                 temperature=1.0,
+                 anneal_iters=1000):
         super().__init__()
         if loss is None:
             raise ValueError('MinHeadLoss needs `loss: {type: <pixel loss>, ...}` (e.g. PSNRLoss, L1Loss).')
+        self.assignment, self.epsilon, self.temperature, self.anneal_iters = check_assignment_options(
+            assignment, epsilon, temperature, anneal_iters)
         self.inner = build_inner_loss(loss)
         self.loss_weight = loss_weight
         inner_reduction = getattr(self.inner, 'reduction', 'mean')
@@ -66,6 +143,13 @@ class MinHeadLoss(nn.Module):
             self._elementwise.reduction = 'none'
         self.last_winners = None
         self.last_losses = None
+
+    def temperature_at(self, current_iter):
+        """The annealing temperature at iteration ``current_iter`` (linear from ``temperature`` to 0; 0 without an
+        iteration or after ``anneal_iters``)."""
+        if current_iter is None or self.anneal_iters <= 0 or current_iter >= self.anneal_iters:
+            return 0.0
+        return self.temperature * (1.0 - max(int(current_iter) - 1, 0) / self.anneal_iters)
 
     def per_sample(self, pred, target):
         """Inner loss of each sample: (N, C, H, W), (N, C, H, W) -> (N,)."""
@@ -90,7 +174,11 @@ class MinHeadLoss(nn.Module):
         flat_target = target.unsqueeze(1).expand_as(pred).reshape(b * k, *target.shape[1:])
         return self.per_sample(pred.reshape(b * k, *pred.shape[2:]), flat_target).view(b, k)
 
-    def forward(self, pred, target, **kwargs):
+    def weights(self, losses, current_iter=None):
+        """(B, K') per-head losses -> (B, K') assignment weights at ``current_iter`` (:func:`assignment_weights`)."""
+        return assignment_weights(losses, self.assignment, self.epsilon, self.temperature_at(current_iter))
+
+    def forward(self, pred, target, current_iter=None, **kwargs):
         """(B, K', C, H, W), (B, C, H, W) -> scalar; 4-D ``pred`` -> the inner loss."""
         if pred.dim() == 4:
             self.last_winners = None
@@ -99,11 +187,20 @@ class MinHeadLoss(nn.Module):
         if pred.dim() != 5 or pred.shape[0] != target.shape[0] or pred.shape[2:] != target.shape[1:]:
             raise ValueError(f'MinHeadLoss: pred must be (B, K, C, H, W) matching target (B, C, H, W); got '
                              f'{tuple(pred.shape)} and {tuple(target.shape)}.')
-        with torch.no_grad():
+        soft = self.assignment != 'hard' and pred.shape[1] > 1 and (self.assignment == 'relaxed' and self.epsilon > 0
+                                                                    or self.temperature_at(current_iter) > 0)
+        if soft:
             losses = self.per_head_losses(pred, target)
+            weights = self.weights(losses.detach(), current_iter)
+            values = (weights * losses).sum(dim=1)
+            losses = losses.detach()
             winners = losses.argmin(dim=1)
-        chosen = pred[torch.arange(pred.shape[0], device=pred.device), winners]
-        values = self.per_sample(chosen, target)
+        else:
+            with torch.no_grad():
+                losses = self.per_head_losses(pred, target)
+                winners = losses.argmin(dim=1)
+            chosen = pred[torch.arange(pred.shape[0], device=pred.device), winners]
+            values = self.per_sample(chosen, target)
         self.last_winners = winners
         self.last_losses = losses
         total = values.mean() if self.batch_reduction == 'mean' else values.sum()

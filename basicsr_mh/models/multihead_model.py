@@ -15,7 +15,7 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from ..archs.multihead_arch import MultiHeadArch, head_pair_name
-from ..losses.min_head_loss import MinHeadLoss, log_loss_upgrade
+from ..losses.min_head_loss import ASSIGNMENT_KEYS, MinHeadLoss, log_loss_upgrade
 from ..metrics import per_head_many
 from ..options import upgrade_options
 from .checkpoint import (NonFiniteError, atomic_torch_save, check_finite_state, checkpoint_trust, get_rng_state,
@@ -88,6 +88,11 @@ class MultiHeadImageRestorationModel(SRModel):
         self.num_heads = getattr(bare, 'num_heads', 1)
         self.combine = getattr(bare, 'combine', False)
         self.num_outputs = getattr(bare, 'num_outputs', 1)
+        self.head_pairs = list(getattr(bare, 'head_pairs', [(0, 0)]))
+        #: ``train.dead_head_iters``: warn when a base head has won nothing for this many iterations (0: never).
+        self.dead_head_iters = int((self.opt.get('train') or {}).get('dead_head_iters', 1000))
+        self._last_base_win = None
+        self._dead_warned = None
         # position of the final restoration among a multi-stage backbone's outputs (MPRNet: 0, HINet: -1)
         self.final_index = getattr(getattr(bare, 'backbone', bare), 'final_output_index', -1)
         self._win_counts = torch.zeros(self.num_outputs, dtype=torch.float64, device=self.device)
@@ -142,11 +147,15 @@ class MultiHeadImageRestorationModel(SRModel):
         has_heads = isinstance(self.get_bare_model(self.net_g), MultiHeadArch)
         pixel_opt = train_opt.get('pixel_opt')
         if pixel_opt:
+            assignment = {k: pixel_opt[k] for k in ASSIGNMENT_KEYS if k in pixel_opt}
+            plain_opt = {k: v for k, v in pixel_opt.items() if k not in ASSIGNMENT_KEYS}
             if has_heads and pixel_opt.get('type') != 'MinHeadLoss':
                 log_loss_upgrade(pixel_opt.get('type'))
-                self.cri_pix = MinHeadLoss(loss=pixel_opt).to(self.device)
-            else:
+                self.cri_pix = MinHeadLoss(loss=plain_opt, **assignment).to(self.device)
+            elif pixel_opt.get('type') == 'MinHeadLoss':
                 self.cri_pix = build_loss(pixel_opt).to(self.device)
+            else:  # one output: nothing to assign
+                self.cri_pix = build_loss(plain_opt).to(self.device)
         else:
             self.cri_pix = None
         self.cri_perceptual = build_loss(train_opt['perceptual_opt']).to(
@@ -245,8 +254,9 @@ class MultiHeadImageRestorationModel(SRModel):
         stage_losses = []
         if self.cri_pix:
             l_pix = 0.
+            loss_args = {'current_iter': current_iter} if isinstance(self.cri_pix, MinHeadLoss) else {}
             for index, stage in enumerate(stages):
-                l_pix = l_pix + self.cri_pix(stage, self.gt)
+                l_pix = l_pix + self.cri_pix(stage, self.gt, **loss_args)
                 stage_losses.append(getattr(self.cri_pix, 'last_losses', None))
                 if index == self.final_index % len(stages):
                     final_winners = getattr(self.cri_pix, 'last_winners', None)
@@ -276,6 +286,7 @@ class MultiHeadImageRestorationModel(SRModel):
             return self._nonfinite_step(current_iter, 'gradient', f'parameters {", ".join(names[:5])}')
         if final_winners is not None:
             self._win_counts += torch.bincount(final_winners, minlength=self.num_outputs).to(self._win_counts)
+            self.watch_dead_heads(final_winners, current_iter)
         if self.use_grad_clip:
             torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), 0.01)
         self.optimizer_g.step()
@@ -338,6 +349,42 @@ class MultiHeadImageRestorationModel(SRModel):
                                   'far).')
         self.log_dict = OrderedDict(skipped_steps=float(self.skipped_steps))
 
+    def watch_dead_heads(self, winners, current_iter):
+        """Warn once when a base head has won no training sample for ``train.dead_head_iters`` iterations (default
+        1000; 0 turns the warning off): it no longer learns under the hard assignment. A base head wins a sample when
+        the sample's winning extended head contains it. Counts this rank's samples.
+
+        Args:
+            winners (Tensor): (B,) extended-head index of each sample of this step.
+            current_iter (int): the iteration.
+        """
+        if self.num_heads < 2 or self.dead_head_iters <= 0:
+            return
+        if self._last_base_win is None:
+            self._last_base_win = [current_iter - 1] * self.num_heads
+            self._dead_warned = [False] * self.num_heads
+        for index in set(winners.tolist()):
+            for head in set(self.head_pairs[index]):
+                self._last_base_win[head] = current_iter
+                self._dead_warned[head] = False
+        for head, last in enumerate(self._last_base_win):
+            if current_iter - last >= self.dead_head_iters and not self._dead_warned[head]:
+                self._dead_warned[head] = True
+                get_root_logger().warning(
+                    f'Base head {head} has won no training sample for {current_iter - last} iterations (since '
+                    f'iteration {last}): it receives no gradient under the hard assignment. Fix: set '
+                    '`assignment: relaxed` (or annealed) under train.pixel_opt, or `head_init: identity` under '
+                    'network_g; train.dead_head_iters sets when this warns.')
+
+    def base_head_shares(self, rates):
+        """(K',) extended-head win rates -> (K,) base-head shares: a win of pair (i, j) counts half for i and half
+        for j (all of it for i when i == j), so the shares sum to 1 and an even split is 1/K each."""
+        shares = torch.zeros(self.num_heads, dtype=rates.dtype)
+        for index, (i, j) in enumerate(self.head_pairs):
+            shares[i] += 0.5 * float(rates[index])
+            shares[j] += 0.5 * float(rates[index])
+        return shares
+
     def head_win_rates(self, reset=True):
         """Fraction of training samples each extended head won since the last call (reduced over ranks), (K',)."""
         counts = self._win_counts.clone()
@@ -355,6 +402,9 @@ class MultiHeadImageRestorationModel(SRModel):
             if float(rates.sum()) > 0:
                 for k, rate in enumerate(rates.tolist()):
                     log[f'heads/win_h{k}'] = rate
+                if self.combine:
+                    for k, share in enumerate(self.base_head_shares(rates.cpu()).tolist()):
+                        log[f'heads/base_h{k}'] = share
         return log
 
     # ------------------------------------------------------------------ inference

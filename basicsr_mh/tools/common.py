@@ -11,6 +11,8 @@ from basicsr_mh.models.checkpoint import checkpoint_trust, read_checkpoint
 from basicsr_mh.options import upgrade_network_options
 
 MULTIHEAD_META_KEY = 'multihead'  # same as basicsr_mh.models.multihead_model.MULTIHEAD_META_KEY
+#: The head spec ``mean``: the average of all heads (for the additive output layer, the backbone's own output path).
+MEAN_HEAD = 'mean'
 
 
 class ToolError(ValueError):
@@ -145,20 +147,25 @@ def head_pairs(net):
 
 
 def head_name(net, index):
-    """``'h4 (2+1)'`` / ``'h2'``."""
+    """``'h4 (2+1)'`` / ``'h2'`` / ``'mean'``."""
+    if index == MEAN_HEAD:
+        return MEAN_HEAD
     if not isinstance(net, MultiHeadArch):
         return 'h0'
     return head_pair_name(index, net.num_heads, net.combine)
 
 
 def parse_head(spec, net, checkpoint):
-    """An extended-head index from ``best`` (the checkpoint's ``multihead.best_head``), ``N``/``hN``, or ``i+j``.
+    """An extended-head index from ``best`` (the checkpoint's ``multihead.best_head``), ``N``/``hN``, or ``i+j``;
+    :data:`MEAN_HEAD` for ``mean`` (the average of all heads).
 
     Raises:
         ToolError: for an index out of range, an unknown pair, or ``best`` without the checkpoint's meta entry.
     """
     pairs = head_pairs(net)
     spec = str(spec).strip()
+    if spec == MEAN_HEAD:
+        return MEAN_HEAD
     if spec == 'best':
         meta = checkpoint.get(MULTIHEAD_META_KEY) or {}
         if not isinstance(net, MultiHeadArch):
@@ -183,7 +190,7 @@ def parse_head(spec, net, checkpoint):
         try:
             index = int(spec[1:] if spec[:1] in 'hH' and len(spec) > 1 else spec)
         except ValueError:
-            raise ToolError(f'--head "{spec}": expected best, an index (3 or h3) or a pair (2+1).') from None
+            raise ToolError(f'--head "{spec}": expected best, mean, an index (3 or h3) or a pair (2+1).') from None
     if not 0 <= index < len(pairs):
         raise ToolError(f'head {index} does not exist: the network has {len(pairs)} extended heads '
                         f'(h0..h{len(pairs) - 1}).')

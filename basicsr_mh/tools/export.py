@@ -24,7 +24,7 @@ from collections import OrderedDict
 from basicsr_mh.archs.multihead_arch import MultiHeadArch, _get_submodule
 from basicsr_mh.models.checkpoint import atomic_torch_save, checkpoint_trust, read_checkpoint
 from basicsr_mh.version import __version__
-from .common import (MULTIHEAD_META_KEY, ToolError, add_trust_argument, build_net, check_meta, final_output,
+from .common import (MEAN_HEAD, MULTIHEAD_META_KEY, ToolError, add_trust_argument, build_net, check_meta, final_output,
                      final_output_index, head_name, load_state, parse_head, read_options, run_tool, state_of)
 
 EXPORT_META_KEY = 'exported_from'
@@ -48,7 +48,8 @@ def plain_state_dict(net, index):
 
     Args:
         net (MultiHeadArch | nn.Module): the multi-head network (a plain backbone: ``index`` must be 0).
-        index (int): extended head index (pair ``net.head_pairs[index]``).
+        index (int | str): extended head index (pair ``net.head_pairs[index]``), or ``'mean'``: the mean of all
+            heads, which for the additive output layer is the layer with its blocks averaged (exact).
 
     Returns:
         OrderedDict: the backbone's keys; the output layer(s) with ``C_out`` output channels, every
@@ -59,10 +60,9 @@ def plain_state_dict(net, index):
     """
     state = OrderedDict((k, v.detach().clone()) for k, v in net.state_dict().items())
     if not isinstance(net, MultiHeadArch):
-        if index != 0:
+        if index not in (0, MEAN_HEAD):
             raise ToolError(f'head {index}: the network is a plain backbone (one output).')
         return state
-    i, j = net.head_pairs[index]
     final = final_output_index(net, net.num_stage_outputs)
     for out_index, name in net.output_heads.items():
         layer = net._grown[name]
@@ -70,7 +70,11 @@ def plain_state_dict(net, index):
             if getattr(layer, param) is None:
                 continue
             blocks = _head_blocks(layer, param)
-            state[f'{name}.{param}'] = (blocks[i] + blocks[j]) * 0.5 if out_index == final else blocks.mean(dim=0)
+            if out_index == final and index != MEAN_HEAD:
+                i, j = net.head_pairs[index]
+                state[f'{name}.{param}'] = (blocks[i] + blocks[j]) * 0.5
+            else:  # the mean of the base heads is the mean of all extended heads (each base head is in K+1 pairs)
+                state[f'{name}.{param}'] = blocks.mean(dim=0)
     for name, producer in net.head_input_layers.items():
         layer = _get_submodule(net.backbone, name)
         weight = layer.weight.detach()
@@ -108,7 +112,8 @@ def verify_export(net, plain, index, probe_size=64, backbone_opt=None, probe_cha
     in_ch = probe_channels or _find_in_channels(backbone_opt, getattr(net, 'backbone', net))
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(1, in_ch, probe_size, probe_size, generator=gen)
-    want = final_output(net(x), net)[:, index]
+    heads = final_output(net(x), net)
+    want = heads.mean(dim=1) if index == MEAN_HEAD else heads[:, index]
     got = final_output(plain(x), plain)[:, 0]
     err = float((got - want).abs().max())
     if not err <= 1e-4 * max(1.0, float(want.abs().max())):
@@ -149,12 +154,12 @@ def export_head(ckpt_path, opt, head='best', out_path=None, verify=True, trust=F
             errors[key or 'params'] = verify_export(net, plain, index, int(net_opt.get('probe_size') or 64),
                                                     backbone_opt, net_opt.get('probe_channels'))
         saved[key or 'params'] = OrderedDict((k, v.contiguous()) for k, v in plain.state_dict().items())
-    pair = list(getattr(net, 'head_pairs', [(0, 0)])[index])
+    pair = None if index == MEAN_HEAD else [int(p) for p in getattr(net, 'head_pairs', [(0, 0)])[index]]
     saved[EXPORT_META_KEY] = {
         'checkpoint': os.path.abspath(ckpt_path),
-        'head': int(index),
+        'head': index if index == MEAN_HEAD else int(index),
         'head_name': head_name(net, index),
-        'pair': [int(p) for p in pair],
+        'pair': pair,
         'num_heads': int(getattr(net, 'num_heads', 1)),
         'combine': bool(getattr(net, 'combine', False)),
         'backbone': backbone_opt,
@@ -177,8 +182,8 @@ def build_parser(prog=None):
     parser.add_argument(
         '--head',
         default='best',
-        help='best (multihead.best_head of the checkpoint), an extended head N (3 or h3), or a pair '
-        'i+j (default: best)')
+        help='best (multihead.best_head of the checkpoint), mean (the average of all heads: the backbone\'s own '
+        'output path), an extended head N (3 or h3), or a pair i+j (default: best)')
     parser.add_argument('--out', required=True, help='output .pth (never overwritten)')
     parser.add_argument('--no-verify', action='store_true', help='skip the probe comparison with the multi-head net')
     add_trust_argument(parser)

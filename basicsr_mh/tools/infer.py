@@ -19,8 +19,8 @@ import torch
 from tqdm import tqdm
 
 from basicsr_mh.archs.multihead_arch import _find_in_channels
-from .common import (ToolError, add_model_arguments, head_name, head_pairs, load_model, parse_head, read_options,
-                     run_tool)
+from .common import (MEAN_HEAD, ToolError, add_model_arguments, head_name, head_pairs, load_model, parse_head,
+                     read_options, run_tool)
 from .guards import DEFAULT_MAX_PIXELS, output_file, oversized_image, write_atomic
 from .runner import HeadRunner
 from .selection import RULES, select
@@ -147,7 +147,9 @@ def build_parser(prog=None):
     parser.add_argument('--input', required=True, help='an image or a folder of images')
     parser.add_argument('--output', required=True, help='output folder (created; never the input folder)')
     parser.add_argument(
-        '--heads', help='best (default; multihead.best_head), all (K\' files per image), or one head '
+        '--heads',
+        help='best (default; multihead.best_head), mean (the average of all heads), all (K\' files per '
+        'image), or one head '
         'N / hN / i+j')
     parser.add_argument(
         '--select',
@@ -212,7 +214,8 @@ def _run(args):
             for k in indices:
                 write_image(output_file(args.output, f'{stem}_h{k}.png'), heads[k], depth)
         else:
-            write_image(output_file(args.output, f'{stem}.png'), heads[indices[0]], depth)
+            image = heads.mean(dim=0) if indices[0] == MEAN_HEAD else heads[indices[0]]
+            write_image(output_file(args.output, f'{stem}.png'), image, depth)
         done += 1
     if choices:
         table = io.StringIO(newline='')

@@ -1,0 +1,286 @@
+"""Heads that stay alive and outputs a user can deploy: head initialisation x assignment, several seeds, paired.
+
+Configurations (NAFNet, the data and training of :mod:`benchmarks.quality`'s presets): the single-head baseline and
+MH-C (K = 4, combine) with ``network_g.head_init`` in {backbone, identity} and ``train.pixel_opt.assignment`` in
+{hard, relaxed (epsilon 0.05), annealed (temperature 1 -> 0 over the first half)}; ``--scores`` adds MH-C with
+``head_scores: true``. Every configuration runs with every seed (same seed: same data order and initial backbone).
+
+After training, the final network is evaluated on the validation set, per image: every head, the mean of the heads
+(what ``export --head mean`` ships), and with scores the top-scored head and the per-pixel score-weighted mean.
+Reported per configuration (mean ± std over seeds) and as the gain over the single-head run of the same seed
+(paired): PSNR oracle (Eq. 7a), best single head (7b), worst head, the ground-truth-free outputs, and the least-winning
+base head's share of the training samples in the last logged window (1/K = 25 % is an even split).
+
+Writes ``benchmarks/results/heads_<preset>.json``, ``.md`` and ``.records.jsonl`` (one line per finished run, so a
+stopped run keeps its finished runs; ``--summarize RECORDS`` rebuilds the tables). Usage:
+``python benchmarks/heads.py --preset small [--seeds 0,1,2] [--iters N] [--jobs 2] [--scores]``.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+# isort: off
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import basicsr_mh  # noqa: F401,E402  (torchvision alias, before basicsr)
+# isort: on
+import quality  # noqa: E402
+import torch  # noqa: E402
+
+from basicsr_mh import demo  # noqa: E402
+
+PRESETS = {
+    'smoke': dict(quality.PRESETS['smoke'], iters=120, seeds=[0]),
+    'small': dict(quality.PRESETS['small'], iters=600),
+}
+ASSIGNMENT_OPTIONS = {
+    'hard': {},
+    'relaxed': {
+        'assignment': 'relaxed',
+        'epsilon': 0.05
+    },
+    'annealed': {
+        'assignment': 'annealed',
+        'temperature': 1.0
+    },
+}
+
+
+def configurations(with_scores=False):
+    """``[(label, num_heads, combine, head_init, assignment, head_scores)]``."""
+    out = [(f'single-head, {init}', 1, False, init, 'hard', False) for init in ('backbone', 'identity')]
+    for init in ('backbone', 'identity'):
+        for assignment in ASSIGNMENT_OPTIONS:
+            out.append((f'MH-C, {init}, {assignment}', 4, True, init, assignment, False))
+    if with_scores:
+        out.append(('MH-C, identity, relaxed, scores', 4, True, 'identity', 'relaxed', True))
+    return out
+
+
+def make_options(data, preset, config, seed):
+    """The option dict of one run: :func:`basicsr_mh.demo.make_options` plus the configuration's keys."""
+    label, num_heads, combine, init, assignment, scores = config
+    name = 'h_' + ''.join(c if c.isalnum() else '_' for c in label) + f'_s{seed}'
+    opt = demo.make_options(name, data, preset, num_heads, combine, seed)
+    opt['network_g']['head_init'] = init
+    if scores:
+        opt['network_g']['head_scores'] = True
+    pixel = opt['train']['pixel_opt']
+    pixel.update(ASSIGNMENT_OPTIONS[assignment])
+    if assignment == 'annealed':
+        pixel['anneal_iters'] = max(1, preset['iters'] // 2)
+    opt['train']['dead_head_iters'] = 0  # the benchmark reports the shares itself
+    opt['logger']['save_checkpoint_freq'] = 10**9
+    return opt
+
+
+@torch.no_grad()
+def evaluate(model, opt):
+    """PSNR (dB) of every ground-truth-free output on the validation set: ``{'heads': [per head], 'mean': ...,
+    'scores': ..., 'scored_mean': ...}`` (means over images; the oracle and worst head per image too)."""
+    from basicsr.data import build_dataset
+
+    from basicsr_mh.metrics import RGB_PSNR_SSIM, per_head
+    dataset = build_dataset(dict(opt['datasets']['val'], phase='val', scale=1))
+    net = getattr(model, 'net_g_ema', None) or model.net_g
+    net.eval()
+    psnr_opt = dict(RGB_PSNR_SSIM['psnr'])
+    rows = []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        lq, gt = item['lq'].unsqueeze(0), item['gt'].unsqueeze(0)
+        scores = None
+        if getattr(model.get_bare_model(net), 'head_scores', False):
+            heads, scores = net(lq.to(model.device), return_scores=True)
+        else:
+            heads = net(lq.to(model.device))
+        heads = (heads if heads.dim() == 5 else heads.unsqueeze(1)).clamp(0, 1).cpu()
+        outputs = [heads, heads.mean(dim=1, keepdim=True)]
+        if scores is not None:
+            scores = scores.cpu()
+            top = scores.mean(dim=(2, 3)).argmax(dim=1)
+            weights = torch.softmax(scores, dim=1).unsqueeze(2)
+            outputs += [heads[:, top[0]:top[0] + 1], (weights * heads).sum(dim=1, keepdim=True)]
+        values = per_head(torch.cat(outputs, dim=1), gt, psnr_opt)[0].double()
+        rows.append(values)
+    table = torch.stack(rows)  # (N, K' + 1 [+ 2])
+    k = heads.shape[1]
+    result = {
+        'heads': table[:, :k].mean(dim=0).tolist(),
+        'oracle': float(table[:, :k].max(dim=1).values.mean()),
+        'worst': float(table[:, :k].min(dim=1).values.mean()),
+        'mean': float(table[:, k].mean()),
+    }
+    result['best_single'] = max(result['heads'])
+    if table.shape[1] > k + 1:
+        result['scores'] = float(table[:, k + 1].mean())
+        result['scored_mean'] = float(table[:, k + 2].mean())
+    return result
+
+
+def base_shares(record, num_heads, combine):
+    """Base-head shares of the training samples from a validation record's ``win_h*`` (a pair counts half each)."""
+    from basicsr_mh.archs.multihead_arch import extended_head_pairs
+    rates = [record[f'win_h{k}'] for k in range(len(extended_head_pairs(num_heads, combine)))]
+    shares = [0.0] * num_heads
+    for rate, (i, j) in zip(rates, extended_head_pairs(num_heads, combine)):
+        shares[i] += rate / 2
+        shares[j] += rate / 2
+    return shares
+
+
+def run_one(args):
+    """Train and evaluate one (configuration, seed); appends the result to the records file and returns it."""
+    work, data, preset, config, seed, records, threads = args
+    torch.set_num_threads(threads)
+    opt = make_options(data, preset, config, seed)
+    model, curve, seconds = demo.train_one(work, opt, verbose=False, label=f'{config[0]} seed {seed}')
+    result = dict(label=config[0], seed=seed, seconds=seconds, **evaluate(model, opt))
+    if config[1] > 1 and any(k.startswith('win_h') for k in curve[-1]):
+        result['base_shares'] = base_shares(curve[-1], config[1], config[2])
+        result['least_share'] = min(result['base_shares'])
+    with open(records, 'a') as f:
+        f.write(json.dumps(result) + '\n')
+    return result
+
+
+#: What the tables report, in order: (key, header).
+COLUMNS = (('oracle', 'oracle (7a)'), ('best_single', 'best single (7b)'), ('worst', 'worst head'),
+           ('mean', 'mean of heads'), ('scores', 'top-scored head'), ('scored_mean', 'scored mean'))
+
+
+def _cell(values, signed=False):
+    if not values:
+        return ''
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    fmt = '+.3f' if signed else '.2f'
+    return f'{statistics.fmean(values):{fmt}} ± {std:.3f}'
+
+
+def markdown(results, meta):
+    """Tables: PSNR per configuration (mean ± std over seeds), gains over the single-head run of the same seed
+    (each seed listed), and the least-winning base head's share."""
+    labels = list(dict.fromkeys(r['label'] for r in results))
+    by = {(r['label'], r['seed']): r for r in results}
+    seeds = sorted({r['seed'] for r in results})
+    columns = [(k, h) for k, h in COLUMNS if any(k in r for r in results)]
+    p = meta['preset']
+    lines = [
+        f"Preset `{meta['preset_name']}`: NAFNet width {p['width']}, {p['iters']} iterations, batch {p['batch']} of "
+        f"{p['patch']}x{p['patch']}, {p['num_train']} train / {p['num_val']} val generated pairs, seeds {seeds}; "
+        f"blurry input PSNR {meta['input']['psnr']:.2f} dB; {meta.get('seconds', 0):.0f} s on {meta['device']}.", '',
+        'PSNR (dB) on the validation set, mean ± std over seeds:', '',
+        '| config | ' + ' | '.join(h for _, h in columns) + ' | least base head share |',
+        '| --- |' + ' ---: |' * (len(columns) + 1)
+    ]
+    for label in labels:
+        runs = [by[(label, s)] for s in seeds if (label, s) in by]
+        cells = [_cell([r[k] for r in runs if k in r]) for k, _ in columns]
+        shares = [r['least_share'] for r in runs if 'least_share' in r]
+        share = f"{statistics.fmean(shares):.1%} (min {min(shares):.1%})" if shares else ''
+        lines.append(f'| {label} | ' + ' | '.join(cells) + f' | {share} |')
+    base_label = {init: f'single-head, {init}' for init in ('backbone', 'identity')}
+    lines += [
+        '', 'Gain over the single-head run of the same seed and the same head_init (dB; mean ± std, then each seed):',
+        '', '| config | ' + ' | '.join(h for _, h in columns) + ' |', '| --- |' + ' ---: |' * len(columns)
+    ]
+    for label in labels:
+        if label.startswith('single-head'):
+            continue
+        init = 'identity' if ', identity' in label else 'backbone'
+        cells = []
+        for key, _ in columns:
+            gains = [
+                by[(label, s)][key] - by[(base_label[init], s)]['best_single'] for s in seeds
+                if (label, s) in by and (base_label[init], s) in by and key in by[(label, s)]
+            ]
+            cells.append(_cell(gains, signed=True) + (f" ({', '.join(f'{g:+.2f}' for g in gains)})" if gains else ''))
+        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    if seeds and all((base_label[i], s) in by for i in base_label for s in seeds):
+        gains = [
+            by[(base_label['identity'], s)]['best_single'] - by[(base_label['backbone'], s)]['best_single']
+            for s in seeds
+        ]
+        lines += [
+            '', f"Single-head, identity minus backbone start: {_cell(gains, signed=True)} dB "
+            f"({', '.join(f'{g:+.2f}' for g in gains)})."
+        ]
+    return '\n'.join(lines) + '\n'
+
+
+def write_results(results, meta, out):
+    stem = os.path.join(out, f"heads_{meta['preset_name']}")
+    with open(stem + '.json', 'w') as f:
+        json.dump({'meta': meta, 'results': results}, f, indent=1)
+        f.write('\n')
+    text = markdown(results, meta)
+    with open(stem + '.md', 'w') as f:
+        f.write(text)
+    print(text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--preset', choices=sorted(PRESETS), default='smoke')
+    parser.add_argument('--seeds', default=None)
+    parser.add_argument('--iters', type=int, default=None)
+    parser.add_argument('--jobs', type=int, default=2, help='runs at a time, each in its own process (1 thread)')
+    parser.add_argument('--scores', action='store_true', help='add MH-C with head_scores: true')
+    parser.add_argument('--only', default=None, help='semicolon-separated labels to run (default: all)')
+    parser.add_argument('--summarize', default=None, metavar='RECORDS')
+    parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'))
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    if args.summarize:
+        with open(args.summarize) as f:
+            lines = [json.loads(line) for line in f]
+        write_results([x for x in lines if 'meta' not in x], next(x['meta'] for x in lines if 'meta' in x), args.out)
+        return 0
+    from basicsr_mh.data.gopro_synth import make_dataset
+    preset = dict(PRESETS[args.preset])
+    if args.seeds:
+        preset['seeds'] = [int(s) for s in args.seeds.split(',')]
+    if args.iters:
+        preset['iters'] = args.iters
+    work = tempfile.mkdtemp(prefix='basicsr_mh_heads_')
+    start = time.time()
+    data = make_dataset(
+        os.path.join(work, 'data'),
+        num_train=preset['num_train'],
+        num_val=preset['num_val'],
+        size=preset['size'],
+        seed=0,
+        progress=False,
+        workers=2)
+    meta = {
+        'preset_name': args.preset,
+        'preset': preset,
+        'device': f'CPU, {args.jobs} run(s) at a time, 1 thread each',
+        'torch': torch.__version__,
+        'input': quality.input_scores(data)
+    }
+    records = os.path.join(args.out, f'heads_{args.preset}.records.jsonl')
+    with open(records, 'a') as f:
+        f.write(json.dumps({'meta': meta}) + '\n')
+    configs = configurations(args.scores)
+    if args.only:
+        wanted = {w.strip() for w in args.only.split(';')}
+        configs = [c for c in configs if c[0] in wanted]
+    plan = [(work, data, preset, config, seed, records, 1) for seed in preset['seeds'] for config in configs]
+    if args.jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
+            results = list(pool.map(run_one, plan))
+    else:
+        results = [run_one(p) for p in plan]
+    meta['seconds'] = time.time() - start
+    write_results(results, meta, args.out)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
