@@ -69,7 +69,7 @@ def upgrade_network_options(net_opt, key='network_g'):
         if not isinstance(backbone, dict) or 'type' not in backbone:
             raise ValueError(f'{key}.backbone must be `{{type: <backbone>, ...}}` for type MultiHeadArch.')
         _check_arch_type(backbone['type'], f'{key}.backbone.type')
-        check_head_init(net_opt.get('head_init', 'backbone'), key)
+        check_head_init(net_opt.get('head_init'), key)
         net_opt.update(num_heads=num_heads, combine=combine)
         return net_opt, (num_heads, combine) != (1, False)
     if not any(k in net_opt for k in WRAPPER_KEYS):
@@ -78,9 +78,9 @@ def upgrade_network_options(net_opt, key='network_g'):
     num_heads, combine = _check_heads(net_opt, key)
     _check_arch_type(net_opt['type'], f'{key}.type')
     wrapper = {k: net_opt.pop(k) for k in WRAPPER_KEYS if k in net_opt}
-    check_head_init(wrapper.get('head_init', 'backbone'), key)
+    check_head_init(wrapper.get('head_init'), key)
     if num_heads == 1 and not combine:
-        if wrapper.get('head_init', 'backbone') != 'backbone':  # MultiHeadArch builds the plain backbone, initialised
+        if wrapper.get('head_init') == 'identity':  # MultiHeadArch builds the plain backbone, initialised
             return dict(type='MultiHeadArch', backbone=net_opt, **wrapper), False
         return net_opt, False
     wrapper.update(num_heads=num_heads, combine=combine)

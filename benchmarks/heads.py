@@ -35,9 +35,12 @@ from basicsr_mh import demo  # noqa: E402
 PRESETS = {
     'smoke': dict(quality.PRESETS['smoke'], iters=120, seeds=[0]),
     'small': dict(quality.PRESETS['small'], iters=600),
+    'long': dict(quality.PRESETS['small'], iters=2000),
 }
 ASSIGNMENT_OPTIONS = {
-    'hard': {},
+    'hard': {
+        'assignment': 'hard'
+    },
     'relaxed': {
         'assignment': 'relaxed',
         'epsilon': 0.05
@@ -121,14 +124,18 @@ def evaluate(model, opt):
     return result
 
 
-def base_shares(record, num_heads, combine):
-    """Base-head shares of the training samples from a validation record's ``win_h*`` (a pair counts half each)."""
-    from basicsr_mh.archs.multihead_arch import extended_head_pairs
-    rates = [record[f'win_h{k}'] for k in range(len(extended_head_pairs(num_heads, combine)))]
-    shares = [0.0] * num_heads
-    for rate, (i, j) in zip(rates, extended_head_pairs(num_heads, combine)):
-        shares[i] += rate / 2
-        shares[j] += rate / 2
+def logged_base_shares(experiment_dir):
+    """Base-head shares of the training samples in the last logged window: the last ``heads/base_h<k>`` values of
+    the experiment's training log (a pair's win counts half for each of its heads), or None."""
+    import glob
+    import re
+    shares = None
+    for path in sorted(glob.glob(os.path.join(experiment_dir, 'train_*.log'))):
+        with open(path) as f:
+            for line in f:
+                found = re.findall(r'heads/base_h(\d+): ([0-9.e+-]+)', line)
+                if found:
+                    shares = [float(v) for _, v in sorted(found, key=lambda kv: int(kv[0]))]
     return shares
 
 
@@ -137,11 +144,12 @@ def run_one(args):
     work, data, preset, config, seed, records, threads = args
     torch.set_num_threads(threads)
     opt = make_options(data, preset, config, seed)
-    model, curve, seconds = demo.train_one(work, opt, verbose=False, label=f'{config[0]} seed {seed}')
+    model, _, seconds = demo.train_one(work, opt, verbose=False, label=f'{config[0]} seed {seed}')
     result = dict(label=config[0], seed=seed, seconds=seconds, **evaluate(model, opt))
-    if config[1] > 1 and any(k.startswith('win_h') for k in curve[-1]):
-        result['base_shares'] = base_shares(curve[-1], config[1], config[2])
-        result['least_share'] = min(result['base_shares'])
+    shares = logged_base_shares(os.path.join(work, 'experiments', opt['name'])) if config[1] > 1 else None
+    if shares:
+        result['base_shares'] = shares
+        result['least_share'] = min(shares)
     with open(records, 'a') as f:
         f.write(json.dumps(result) + '\n')
     return result
@@ -230,6 +238,7 @@ def main(argv=None):
     parser.add_argument('--jobs', type=int, default=2, help='runs at a time, each in its own process (1 thread)')
     parser.add_argument('--scores', action='store_true', help='add MH-C with head_scores: true')
     parser.add_argument('--only', default=None, help='semicolon-separated labels to run (default: all)')
+    parser.add_argument('--records', default=None, help='records file (default: heads_<preset>.records.jsonl)')
     parser.add_argument('--summarize', default=None, metavar='RECORDS')
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'))
     args = parser.parse_args(argv)
@@ -262,7 +271,7 @@ def main(argv=None):
         'torch': torch.__version__,
         'input': quality.input_scores(data)
     }
-    records = os.path.join(args.out, f'heads_{args.preset}.records.jsonl')
+    records = args.records or os.path.join(args.out, f'heads_{args.preset}.records.jsonl')
     with open(records, 'a') as f:
         f.write(json.dumps({'meta': meta}) + '\n')
     configs = configurations(args.scores)

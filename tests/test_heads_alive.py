@@ -3,6 +3,7 @@ that records the best head of its own iteration."""
 import json
 import logging
 import math
+import os
 import pytest
 import torch
 from conftest import srmodel_options, write_options
@@ -46,18 +47,34 @@ def test_identity_start_every_head_is_its_input(name, num_heads, combine):
             assert not torch.equal(heads[:, i], heads[:, j])  # distinct: no ties in the min-head assignment
 
 
-def test_backbone_init_is_unchanged_and_checkpoints_load_across_inits():
-    torch.manual_seed(0)
-    default, _ = build_net({'network_g': dict(BACKBONES['NAFNet'], num_heads=4, combine=True)})
-    torch.manual_seed(0)
-    explicit, _ = build_net({'network_g': dict(BACKBONES['NAFNet'], num_heads=4, combine=True, head_init='backbone')})
-    for (k, a), (_, b) in zip(default.state_dict().items(), explicit.state_dict().items()):
-        assert torch.equal(a, b), k
-    identity, _ = build_net({'network_g': dict(BACKBONES['NAFNet'], num_heads=4, combine=True, head_init='identity')})
-    identity.load_state_dict(default.state_dict(), strict=True)
+def _built(net_opt, seed=0):
+    torch.manual_seed(seed)
+    return build_net({'network_g': net_opt})[0]
+
+
+def _same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_default_start_is_identity_where_possible_else_backbone_and_checkpoints_load_across():
+    nafnet = dict(BACKBONES['NAFNet'], num_heads=4, combine=True)
+    default = _built(nafnet)
+    assert default.head_init == 'identity'
+    assert _same_weights(default, _built(dict(nafnet, head_init='identity')))
+    backbone = _built(dict(nafnet, head_init='backbone'))
+    assert backbone.head_init == 'backbone' and not _same_weights(default, backbone)
+    # no global residual (super-resolution): the default keeps the backbone's start, an explicit identity is refused
+    msrresnet = dict(type='MSRResNet', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, upscale=4, num_heads=2)
+    fallback = _built(msrresnet)
+    assert fallback.head_init == 'backbone' and _same_weights(fallback, _built(dict(msrresnet, head_init='backbone')))
+    # a plain backbone (K = 1) keeps its own start unless identity is asked for
+    plain = dict(BACKBONES['NAFNet'])
+    assert _same_weights(_built(plain), _built(dict(plain, num_heads=1, combine=False)))
+    # only the start differs: a checkpoint of either loads into the other and gives the same outputs
+    default.load_state_dict(backbone.state_dict(), strict=True)
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(identity(x), default(x))
+        assert torch.equal(default(x), backbone(x))
 
 
 def test_identity_refused_without_global_residual_and_bad_value_named():
@@ -231,3 +248,42 @@ def test_infer_heads_mean_writes_the_mean(tmp_path):
         x = torch.from_numpy(img[..., ::-1].astype(np.float32) / 255).permute(2, 0, 1)[None]
         want = net(x)[0].mean(dim=0).clamp(0, 1).permute(1, 2, 0).numpy()[..., ::-1] * 255
     assert float(np.abs(mean - np.round(want)).max()) <= 1.0 and not math.isnan(float(mean.mean()))
+
+
+@pytest.mark.slow
+def test_quick_start_with_defaults_keeps_every_base_head_winning(tmp_path, monkeypatch):
+    """The README's quick start (200 iterations, example pairs, default head_init and assignment): in the last
+    logged window every base head wins at least 5 % of the samples, and the model ends above its blurry input."""
+    import re
+    import shutil
+    import yaml
+
+    from basicsr_mh.data.example_pairs import make_example_dataset
+    monkeypatch.chdir(tmp_path)
+    make_example_dataset(str(tmp_path / 'datasets' / 'example'))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shutil.copytree(os.path.join(root, 'options'), tmp_path / 'options')
+    opt_path = tmp_path / 'options' / 'train' / 'Example' / 'NAFNet-width16-MH-C.yml'
+    opt = yaml.safe_load(opt_path.read_text())
+    assert 'head_init' not in opt['network_g'] and 'assignment' not in opt['train']['pixel_opt']  # the defaults
+    torch.set_num_threads(1)
+    train_pipeline(str(tmp_path), ['-opt', str(opt_path)])
+    log = next((tmp_path / 'experiments' / opt['name']).glob('train_*.log')).read_text()
+    windows = [line for line in log.splitlines() if 'heads/base_h' in line]
+    assert re.search(rf'iter:\s+{opt["train"]["total_iter"]},', windows[-1])  # the last window of the run
+    shares = [float(v) for v in re.findall(r'heads/base_h\d+: ([0-9.e+-]+)', windows[-1])]
+    assert len(shares) == 4 and min(shares) >= 0.05, shares
+    metrics = json.loads((tmp_path / 'experiments' / opt['name'] / 'metrics.json').read_text())
+    blurry = _input_psnr(tmp_path / 'datasets' / 'example' / 'val')
+    assert metrics['datasets']['ExampleVal']['psnr'] > blurry
+
+
+def _input_psnr(folder):
+    import cv2
+    values = []
+    for name in sorted(os.listdir(folder / 'gt')):
+        gt, lq = (
+            torch.from_numpy(cv2.imread(str(folder / sub / name))[..., ::-1].copy()).permute(2, 0, 1)[None] / 255.
+            for sub in ('gt', 'lq'))
+        values.append(float(per_head(lq.unsqueeze(1), gt, PSNR)[0, 0]))
+    return sum(values) / len(values)

@@ -32,6 +32,7 @@ MAX_RECOMMENDED_HEADS = 16
 #: ``network_g.head_init`` values: ``backbone`` keeps the backbone's own initialisation of the output layer;
 #: ``identity`` scales it so that every head starts at the network input plus a small distinct perturbation.
 HEAD_INITS = ('backbone', 'identity')
+START_NAMES = {'identity': 'the input (head_init: identity)', 'backbone': "the backbone's own initialisation"}
 #: RMS of a head's departure from the input at an identity start, measured on the build probe.
 IDENTITY_PERTURBATION = 1e-3
 _IN_CHANNEL_KEYS = ('img_channel', 'inp_channels', 'in_channels', 'num_in_ch', 'in_chans', 'in_nc', 'in_c', 'in_chn')
@@ -93,8 +94,8 @@ def check_head_options(num_heads, combine, where='network_g'):
 
 
 def check_head_init(head_init, where='network_g'):
-    """Validate ``head_init`` (one of :data:`HEAD_INITS`) and return it."""
-    if head_init not in HEAD_INITS:
+    """Validate ``head_init`` (one of :data:`HEAD_INITS`, or None: the default) and return it."""
+    if head_init is not None and head_init not in HEAD_INITS:
         raise ValueError(f'{where}.head_init must be one of {", ".join(HEAD_INITS)}, got {head_init!r}. Fix: '
                          '`head_init: identity` (every head starts at the input image) or `head_init: backbone` (the '
                          'backbone\'s own initialisation).')
@@ -419,6 +420,10 @@ def _probe_backbone(backbone, in_ch, probe_size):
     return probe, base_outputs, calls
 
 
+class NoIdentityStart(ValueError):
+    """``head_init: identity`` is impossible: the backbone's output is not its input when the output layer is zero."""
+
+
 @torch.no_grad()
 def start_at_identity(probe, layers, backbone_type):
     """Scale the output layer(s) ``layers`` (plain Conv2d, before they are grown) so that the network starts at its
@@ -428,10 +433,11 @@ def start_at_identity(probe, layers, backbone_type):
     weights at that scale (:meth:`MultiHeadConv2d._init_from`), so no two heads tie in the min-head assignment.
 
     Raises:
-        ValueError: the backbone's output with the layers at zero is not its input (``head_init: identity`` is
-            impossible; the message names the fix).
+        NoIdentityStart: the backbone's output with the layers at zero is not its input (``head_init: identity`` is
+            impossible; the message names the fix); the layers are left as they were.
     """
     weights = [layer.weight.detach().clone() for layer in layers]
+    biases = [None if layer.bias is None else layer.bias.detach().clone() for layer in layers]
     for layer in layers:
         layer.weight.zero_()
         if layer.bias is not None:
@@ -441,10 +447,15 @@ def start_at_identity(probe, layers, backbone_type):
     final = at_zero[-1]
     misfit = float((final - x).abs().max()) if final.shape == x.shape else math.inf
     if not misfit <= 1e-4:
+        for layer, weight, bias in zip(layers, weights, biases):  # leave the backbone's initialisation as it was
+            layer.weight.copy_(weight)
+            if bias is not None:
+                layer.bias.copy_(bias)
         shape_note = '' if final.shape == x.shape else f' (output {tuple(final.shape)}, input {tuple(x.shape)})'
-        raise ValueError(f'network_g.head_init: identity needs a backbone whose output is its input when the output '
-                         f'layer gives zero (a global residual); {backbone_type} is not{shape_note}, misfit '
-                         f'{misfit:.3g}. Fix: `head_init: backbone`.')
+        raise NoIdentityStart(
+            f'network_g.head_init: identity needs a backbone whose output is its input when the output '
+            f'layer gives zero (a global residual); {backbone_type} is not{shape_note}, misfit '
+            f'{misfit:.3g}. Fix: `head_init: backbone`.')
     for layer, weight in zip(layers, weights):
         layer.weight.copy_(weight)
     moved, _ = probe.run()
@@ -488,11 +499,12 @@ class MultiHeadArch(nn.Module):
             function of a non-final stage's head layer (HINet/MPRNet ``sam*.conv3``, which read the stage image)
             reads all K head images of that stage (:class:`MultiHeadInputConv2d`, ``K * C`` input channels), as the
             reference multi-head HINet/MPRNet do. False: it reads the mean of the heads (no extra parameters).
-        head_init (str): ``backbone`` (the backbone's own initialisation of the output layer; head 0 takes it, the
-            other heads fresh draws of its scale) or ``identity`` (:func:`start_at_identity`: every head starts at
-            the network input plus a small distinct perturbation; needs a global residual). Applies to the plain
-            backbone of ``num_heads: 1, combine: false`` too. Only the initialisation differs: checkpoints load as
-            before.
+        head_init (str | None): ``backbone`` (the backbone's own initialisation of the output layer; head 0 takes it,
+            the other heads fresh draws of its scale) or ``identity`` (:func:`start_at_identity`: every head starts
+            at the network input plus a small distinct perturbation; needs a global residual). None (default):
+            ``identity`` where the backbone has a global residual, else ``backbone`` (logged). For the plain
+            backbone of ``num_heads: 1, combine: false`` only an explicit ``identity`` changes anything. Only the
+            initialisation differs: checkpoints load as before.
 
     Input ``(B, C_in, H, W)``; output ``(B, K', C_out, H', W')``, or for a multi-stage backbone that returns a list,
     a list with one such tensor per headed stage (stages without a head layer stay ``(B, C_out, H', W')``).
@@ -522,10 +534,10 @@ class MultiHeadArch(nn.Module):
                  probe_size=64,
                  probe_channels=None,
                  feed_all_heads=True,
-                 head_init='backbone'):
+                 head_init=None):
         super().__init__()
         num_heads, combine = check_head_options(num_heads, combine)
-        self.head_init = check_head_init(head_init)
+        self.head_init = check_head_init(head_init)  # None until _attach_heads resolves the default
         self.num_heads = num_heads
         self.combine = combine
         self.head_pairs = extended_head_pairs(num_heads, combine)
@@ -539,7 +551,7 @@ class MultiHeadArch(nn.Module):
 
         in_ch = probe_channels or _find_in_channels(backbone, self.backbone)
         self.feed_all_heads = bool(feed_all_heads)
-        self._attach_heads(head_layers, in_ch, probe_size, self.head_init)
+        self.head_init = self._attach_heads(head_layers, in_ch, probe_size, self.head_init)
         self._register_state_dict_hook(_strip_backbone_prefix)
         self._register_load_state_dict_pre_hook(_add_backbone_prefix)
 
@@ -551,8 +563,7 @@ class MultiHeadArch(nn.Module):
         modules = dict(self.backbone.named_modules())
         assigned = self._choose_head_layers(self.backbone_type, head_layers, probe, base_outputs, calls, modules)
         head_inputs = self._find_head_inputs(probe, assigned, calls, modules) if self.feed_all_heads else {}
-        if head_init == 'identity':  # before growing: every head is drawn at the scaled layer's scale
-            start_at_identity(probe, [modules[name] for name, _, _ in assigned.values()], self.backbone_type)
+        head_init = self._start(probe, [modules[name] for name, _, _ in assigned.values()], head_init)
         self.head_layer_names = []
         self.output_heads = {}
         self.output_scales = {}
@@ -575,7 +586,25 @@ class MultiHeadArch(nn.Module):
         get_root_logger().info(f'MultiHeadArch: {self.backbone_type} with {self.num_heads} heads'
                                f'{" combined into " + str(self.num_outputs) if self.combine else ""}; output layer(s) '
                                f'{", ".join(self.head_layer_names)} grown x{self.num_heads}, tail scale(s) '
-                               f'{", ".join(f"{s:g}" for s in self.output_scales.values())}{reads}.')
+                               f'{", ".join(f"{s:g}" for s in self.output_scales.values())}{reads}; heads start '
+                               f'from {START_NAMES[head_init]}.')
+        return head_init
+
+    def _start(self, probe, layers, head_init):
+        """Initialise the output layer(s) before they are grown (every head is then drawn at their scale); returns
+        the ``head_init`` used. The default (None) is ``identity`` where the backbone allows it (a global residual),
+        else ``backbone``, logged."""
+        if head_init == 'backbone':
+            return head_init
+        try:
+            start_at_identity(probe, layers, self.backbone_type)
+        except NoIdentityStart:
+            if head_init == 'identity':
+                raise
+            get_root_logger().info(f'MultiHeadArch: {self.backbone_type} has no global residual; its heads start '
+                                   'from the backbone\'s own initialisation (head_init: backbone).')
+            return 'backbone'
+        return 'identity'
 
     def _find_head_inputs(self, probe, assigned, calls, modules):
         """Return {conv name: (head layer, scale)} for the convs that read a non-final stage's image.

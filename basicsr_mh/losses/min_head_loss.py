@@ -42,7 +42,7 @@ def _check_number(value, name, low, high=None):
     return float(value)
 
 
-def check_assignment_options(assignment='hard', epsilon=0.05, temperature=1.0, anneal_iters=1000):
+def check_assignment_options(assignment='annealed', epsilon=0.05, temperature=1.0, anneal_iters=1000):
     """Validate MinHeadLoss's assignment keys; returns ``(assignment, epsilon, temperature, anneal_iters)``.
 
     Raises:
@@ -105,12 +105,15 @@ class MinHeadLoss(nn.Module):
         loss (dict | nn.Module): the inner pixel loss (any BasicSR-registered loss: L1Loss, MSELoss,
             CharbonnierLoss, PSNRLoss, ...), with its own ``loss_weight``.
         loss_weight (float): an extra multiplier. Default 1.
-        assignment (str): ``hard`` (default, the paper), ``relaxed`` or ``annealed``.
+        assignment (str): ``annealed`` (default: it keeps every head alive and gave the best heads and the best mean
+            of the heads in ``benchmarks/results/heads_small.md``), ``hard`` (the paper) or ``relaxed``. Without an
+            iteration (``current_iter`` None) ``annealed`` is ``hard``, so the loss equals the reference code's.
         epsilon (float): ``relaxed``: the share of the non-winning heads, in [0, 1). Default 0.05.
         temperature (float): ``annealed``: the starting temperature (in units of the per-sample mean loss gap to
             the winner). Default 1.
         anneal_iters (int): ``annealed``: the temperature falls linearly from ``temperature`` to 0 over these
-            iterations, pure winner-takes-all after. Default 1000.
+            iterations, pure winner-takes-all after. Default 1000; the training model passes half of
+            ``train.total_iter`` unless the option file sets it.
 
     Forward: ``pred`` (B, K', C, H, W), ``target`` (B, C, H, W) and ``current_iter`` (int, for ``annealed``) ->
     scalar. A 4-D ``pred`` (a plain single-head output) is passed to the inner loss unchanged. After a forward,
@@ -121,7 +124,7 @@ class MinHeadLoss(nn.Module):
                  loss=None,
                  loss_weight=1.0,
                  reduction='mean',
-                 assignment='hard',
+                 assignment='annealed',
                  epsilon=0.05,
                  temperature=1.0,
                  anneal_iters=1000):
@@ -207,7 +210,16 @@ class MinHeadLoss(nn.Module):
         return self.loss_weight * total
 
 
-def log_loss_upgrade(loss_type):
-    """Log the one line that says a plain pixel loss was wrapped into MinHeadLoss."""
-    get_root_logger().info(f'basicsr-mh: pixel loss {loss_type} wrapped in MinHeadLoss (each sample trains only its '
-                           'nearest head).')
+def log_loss_upgrade(loss_type, loss):
+    """Log the one line that says a plain pixel loss was wrapped into MinHeadLoss ``loss``, and how it assigns."""
+    how = {
+        'hard':
+        'each sample trains only its nearest head',
+        'relaxed':
+        f'the nearest head gets 1 - {loss.epsilon:g} of each sample, the others share {loss.epsilon:g}',
+        'annealed':
+        f'every head learns, the nearer the more, until iteration {loss.anneal_iters}; the nearest '
+        'head only after',
+    }[loss.assignment]
+    get_root_logger().info(f'basicsr-mh: pixel loss {loss_type} wrapped in MinHeadLoss (assignment: '
+                           f'{loss.assignment}: {how}).')

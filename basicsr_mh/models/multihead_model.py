@@ -148,12 +148,13 @@ class MultiHeadImageRestorationModel(SRModel):
         pixel_opt = train_opt.get('pixel_opt')
         if pixel_opt:
             assignment = {k: pixel_opt[k] for k in ASSIGNMENT_KEYS if k in pixel_opt}
+            assignment.setdefault('anneal_iters', max(1, int(train_opt.get('total_iter') or 2000) // 2))
             plain_opt = {k: v for k, v in pixel_opt.items() if k not in ASSIGNMENT_KEYS}
             if has_heads and pixel_opt.get('type') != 'MinHeadLoss':
-                log_loss_upgrade(pixel_opt.get('type'))
                 self.cri_pix = MinHeadLoss(loss=plain_opt, **assignment).to(self.device)
+                log_loss_upgrade(pixel_opt.get('type'), self.cri_pix)
             elif pixel_opt.get('type') == 'MinHeadLoss':
-                self.cri_pix = build_loss(pixel_opt).to(self.device)
+                self.cri_pix = build_loss(dict(assignment, **pixel_opt)).to(self.device)
             else:  # one output: nothing to assign
                 self.cri_pix = build_loss(plain_opt).to(self.device)
         else:
