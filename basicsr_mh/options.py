@@ -15,7 +15,8 @@ from .losses.min_head_loss import ASSIGNMENT_KEYS, check_assignment_options
 
 MULTIHEAD_MODEL = 'MultiHeadImageRestorationModel'
 UPGRADABLE_MODELS = ('SRModel', 'ImageRestorationModel', 'ImageCleanModel', MULTIHEAD_MODEL)
-WRAPPER_KEYS = ('num_heads', 'combine', 'head_layers', 'probe_size', 'probe_channels', 'feed_all_heads', 'head_init')
+WRAPPER_KEYS = ('num_heads', 'combine', 'head_layers', 'probe_size', 'probe_channels', 'feed_all_heads', 'head_init',
+                'head_scores', 'score_to_backbone')
 
 MAX_OUTPUTS = 1024
 

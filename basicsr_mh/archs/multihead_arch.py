@@ -24,8 +24,8 @@ from copy import deepcopy
 from torch import nn
 
 __all__ = [
-    'MultiHeadArch', 'MultiHeadConv2d', 'MultiHeadInputConv2d', 'extended_head_pairs', 'num_extended_heads',
-    'head_pair_name'
+    'MultiHeadArch', 'MultiHeadConv2d', 'MultiHeadInputConv2d', 'ScoreBranch', 'image_scores', 'extended_head_pairs',
+    'num_extended_heads', 'head_pair_name'
 ]
 
 MAX_RECOMMENDED_HEADS = 16
@@ -137,6 +137,9 @@ class MultiHeadConv2d(nn.Conv2d):
         self.detach_mean = detach_mean
         self.layer_name = ''
         self._stash = None
+        #: Keep the layer's input features for :meth:`pop_input` (set when a score branch reads them).
+        self.keep_input = False
+        self._input = None
         self._init_from(conv)
 
     @torch.no_grad()
@@ -169,8 +172,17 @@ class MultiHeadConv2d(nn.Conv2d):
             # (a mean with gradient here would send -a/K of every head's gradient into all the other heads)
             mean = mean.detach()
         self._stash = (heads, mean)
+        if self.keep_input:
+            self._input = x
         # a copy: backbones may add to the returned tensor in place (MSRResNet's `out += base`)
         return mean.clone()
+
+    def pop_input(self):
+        """Return and forget the input features (B, C_in, h, w) of the last forward (``keep_input`` set)."""
+        features, self._input = self._input, None
+        if features is None:
+            raise RuntimeError(f'MultiHeadArch: the output layer "{self.layer_name}" kept no input features.')
+        return features
 
     def pop_heads(self):
         """Return and forget ``(heads (B, K, C, h, w), mean (B, C, h, w))`` of the last forward."""
@@ -399,6 +411,31 @@ class _TailProbe:
         return found
 
 
+def _check_flag(value, key):
+    if not isinstance(value, bool):
+        raise ValueError(f'network_g.{key} must be true or false, got {value!r}.')
+    return value
+
+
+class ScoreBranch(nn.Sequential):
+    """Per-pixel logits of each extended head being the winner, from the features that feed the output layer
+    (resilient multiple-choice learning, Letzelter et al., NeurIPS 2023).
+
+    conv3x3 (C_in -> 32), GELU, conv1x1 (32 -> K'); the last conv starts at zero, so every head starts equally
+    likely. Forward: (B, C_in, h, w) -> (B, K', h, w).
+    """
+
+    def __init__(self, in_channels, num_outputs, hidden=32):
+        super().__init__(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.GELU(), nn.Conv2d(hidden, num_outputs, 1))
+        nn.init.zeros_(self[2].weight)
+        nn.init.zeros_(self[2].bias)
+
+
+def image_scores(scores):
+    """Per-image logits from per-pixel ones: (B, K', H, W) -> (B, K') (the spatial mean)."""
+    return scores.mean(dim=(2, 3))
+
+
 def _probe_backbone(backbone, in_ch, probe_size):
     """Run ``backbone`` (in eval mode) once on a seeded random probe ``(1, in_ch, probe_size, probe_size)``.
 
@@ -505,6 +542,11 @@ class MultiHeadArch(nn.Module):
             ``identity`` where the backbone has a global residual, else ``backbone`` (logged). For the plain
             backbone of ``num_heads: 1, combine: false`` only an explicit ``identity`` changes anything. Only the
             initialisation differs: checkpoints load as before.
+        head_scores (bool): add a :class:`ScoreBranch` that predicts, from the features that feed the final output
+            layer, each extended head's chance of being a sample's winner (per pixel; the per-image score is the
+            spatial mean of the logits). ``forward(x, return_scores=True)`` returns ``(heads, scores)``.
+        score_to_backbone (bool): let the score loss's gradient reach the backbone (default: the branch reads the
+            features detached).
 
     Input ``(B, C_in, H, W)``; output ``(B, K', C_out, H', W')``, or for a multi-stage backbone that returns a list,
     a list with one such tensor per headed stage (stages without a head layer stay ``(B, C_out, H', W')``).
@@ -534,7 +576,9 @@ class MultiHeadArch(nn.Module):
                  probe_size=64,
                  probe_channels=None,
                  feed_all_heads=True,
-                 head_init=None):
+                 head_init=None,
+                 head_scores=False,
+                 score_to_backbone=False):
         super().__init__()
         num_heads, combine = check_head_options(num_heads, combine)
         self.head_init = check_head_init(head_init)  # None until _attach_heads resolves the default
@@ -552,6 +596,13 @@ class MultiHeadArch(nn.Module):
         in_ch = probe_channels or _find_in_channels(backbone, self.backbone)
         self.feed_all_heads = bool(feed_all_heads)
         self.head_init = self._attach_heads(head_layers, in_ch, probe_size, self.head_init)
+        self.head_scores = _check_flag(head_scores, 'head_scores')
+        self.score_to_backbone = _check_flag(score_to_backbone, 'score_to_backbone')
+        if self.head_scores:
+            final = getattr(self.backbone, 'final_output_index', -1) % self.num_stage_outputs
+            final_layer = self._grown[self.output_heads[final]]
+            final_layer.keep_input = True
+            self.score_branch = ScoreBranch(final_layer.in_channels, self.num_outputs)
         self._register_state_dict_hook(_strip_backbone_prefix)
         self._register_load_state_dict_pre_hook(_add_backbone_prefix)
 
@@ -694,23 +745,39 @@ class MultiHeadArch(nn.Module):
             return heads
         return (heads.index_select(1, self.pair_i) + heads.index_select(1, self.pair_j)) * 0.5
 
-    def forward(self, x):
-        """(B, C_in, H, W) -> (B, K', C_out, H', W'), or a list of them for multi-stage backbones."""
-        outputs, single = _outputs_as_list(self.backbone(x))
-        result = []
-        for index, y in enumerate(outputs):
-            name = self.output_heads.get(index)
-            if name is None:
-                result.append(y)
-                continue
-            heads, mean = self._grown[name].pop_heads()
-            delta = self.combine_heads(heads) - mean.unsqueeze(1)
-            delta = _crop_to(delta, y.shape[-2], y.shape[-1])
-            scale = self.output_scales[index]
-            result.append(y.unsqueeze(1) + (delta if scale == 1.0 else scale * delta))
-        for name, layer in self._grown.items():
-            layer._stash = None
-        return result[0] if single else result
+    def forward(self, x, return_scores=False):
+        """(B, C_in, H, W) -> (B, K', C_out, H', W'), or a list of them for multi-stage backbones.
+
+        With ``return_scores`` (needs ``head_scores``): ``(heads, scores)``, ``scores`` the per-pixel logits
+        (B, K', H', W') of each extended head being the winner, for the final output.
+        """
+        if return_scores and not self.head_scores:
+            raise ValueError('MultiHeadArch: return_scores needs a score branch. Fix: `head_scores: true` under '
+                             'network_g (and train it).')
+        try:
+            outputs, single = _outputs_as_list(self.backbone(x))
+            result, scores = [], None
+            for index, y in enumerate(outputs):
+                name = self.output_heads.get(index)
+                if name is None:
+                    result.append(y)
+                    continue
+                heads, mean = self._grown[name].pop_heads()
+                delta = self.combine_heads(heads) - mean.unsqueeze(1)
+                delta = _crop_to(delta, y.shape[-2], y.shape[-1])
+                scale = self.output_scales[index]
+                result.append(y.unsqueeze(1) + (delta if scale == 1.0 else scale * delta))
+                if self._grown[name].keep_input:
+                    features = self._grown[name].pop_input()
+                    if return_scores:
+                        logits = self.score_branch(features if self.score_to_backbone else features.detach())
+                        scores = _crop_to(logits, y.shape[-2], y.shape[-1])
+        finally:  # a backbone that fails midway must not leave a stash behind (the next call would refuse)
+            for layer in self._grown.values():
+                layer._stash = None
+                layer._input = None
+        out = result[0] if single else result
+        return (out, scores) if return_scores else out
 
     def extra_repr(self):
         return (f'num_heads={self.num_heads}, combine={self.combine}, num_outputs={self.num_outputs}, '
@@ -772,12 +839,11 @@ def _strip_backbone_prefix(module, state_dict, prefix, local_metadata):
 
 def _add_backbone_prefix(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
     """load_state_dict pre-hook: accept the backbone's own keys (``<prefix>x`` -> ``<prefix>backbone.x``)."""
-    items = list(state_dict.items())
-    if any(k.startswith(prefix + 'backbone.') for k, _ in items):
+    own = (prefix + 'backbone.', prefix + 'score_branch.')
+    items = [(k, v) for k, v in state_dict.items() if k.startswith(prefix) and not k.startswith(own)]
+    if any(k.startswith(prefix + 'backbone.') for k in state_dict):
         return
     for k, _ in items:
-        if k.startswith(prefix):
-            del state_dict[k]
+        del state_dict[k]
     for k, v in items:
-        if k.startswith(prefix):
-            state_dict[prefix + 'backbone.' + k[len(prefix):]] = v
+        state_dict[prefix + 'backbone.' + k[len(prefix):]] = v

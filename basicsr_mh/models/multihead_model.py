@@ -2,6 +2,7 @@
 import math
 import os
 import torch
+import torch.nn.functional as F
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.models.sr_model import SRModel
@@ -14,7 +15,7 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
-from ..archs.multihead_arch import MultiHeadArch, head_pair_name
+from ..archs.multihead_arch import MultiHeadArch, head_pair_name, image_scores
 from ..losses.min_head_loss import ASSIGNMENT_KEYS, MinHeadLoss, log_loss_upgrade
 from ..metrics import per_head_many
 from ..options import upgrade_options
@@ -91,6 +92,8 @@ class MultiHeadImageRestorationModel(SRModel):
         self.head_pairs = list(getattr(bare, 'head_pairs', [(0, 0)]))
         #: ``train.dead_head_iters``: warn when a base head has won nothing for this many iterations (0: never).
         self.dead_head_iters = int((self.opt.get('train') or {}).get('dead_head_iters', 1000))
+        #: ``train.score_weight``: weight of the score branch's loss (``network_g.head_scores``).
+        self.score_weight = float((self.opt.get('train') or {}).get('score_weight', 1.0))
         self._last_base_win = None
         self._dead_warned = None
         # position of the final restoration among a multi-stage backbone's outputs (MPRNet: 0, HINet: -1)
@@ -247,7 +250,11 @@ class MultiHeadImageRestorationModel(SRModel):
         """
         self.augment_batch(current_iter)
         self.optimizer_g.zero_grad()
-        outputs = self.net_g(self.lq)
+        scores = None
+        if getattr(self.get_bare_model(self.net_g), 'head_scores', False):
+            outputs, scores = self.net_g(self.lq, return_scores=True)
+        else:
+            outputs = self.net_g(self.lq)
         stages = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         l_total = 0
         loss_dict = OrderedDict()
@@ -263,6 +270,10 @@ class MultiHeadImageRestorationModel(SRModel):
                     final_winners = getattr(self.cri_pix, 'last_winners', None)
             l_total = l_total + l_pix
             loss_dict['l_pix'] = l_pix
+        if scores is not None and final_winners is not None:
+            l_score = self.score_weight * self.score_loss(scores, stages[self.final_index], final_winners)
+            l_total = l_total + l_score
+            loss_dict['l_score'] = l_score
         if self.cri_perceptual:
             final = stages[self.final_index]
             if final.dim() == 5:
@@ -349,6 +360,26 @@ class MultiHeadImageRestorationModel(SRModel):
         get_root_logger().warning(message + f' Step skipped (train.skip_nonfinite; {self.skipped_steps} skipped so '
                                   'far).')
         self.log_dict = OrderedDict(skipped_steps=float(self.skipped_steps))
+
+    def score_loss(self, scores, heads, winners):
+        """Binary cross-entropy of the score branch against the winners (resilient MCL).
+
+        Args:
+            scores (Tensor): (B, K', H, W) per-pixel logits.
+            heads (Tensor): (B, K', C, H, W) the final output's extended heads (read without gradient).
+            winners (Tensor): (B,) each sample's winning extended head (MinHeadLoss).
+
+        Returns:
+            Tensor: scalar; the per-image term (spatial-mean logits vs the one-hot winner) plus the per-pixel term
+            (logits vs the one-hot head nearest the label at that pixel, channel-summed absolute error).
+        """
+        num = scores.shape[1]
+        target_image = F.one_hot(winners, num).to(scores.dtype)
+        with torch.no_grad():
+            nearest = (heads.detach() - self.gt.unsqueeze(1)).abs().sum(dim=2).argmin(dim=1)  # (B, H, W)
+            target_pixel = F.one_hot(nearest, num).permute(0, 3, 1, 2).to(scores.dtype)
+        return (F.binary_cross_entropy_with_logits(image_scores(scores), target_image) +
+                F.binary_cross_entropy_with_logits(scores, target_pixel))
 
     def watch_dead_heads(self, winners, current_iter):
         """Warn once when a base head has won no training sample for ``train.dead_head_iters`` iterations (default

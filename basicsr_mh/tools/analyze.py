@@ -29,7 +29,7 @@ from .common import (MULTIHEAD_META_KEY, ToolError, add_model_arguments, head_na
 from .guards import output_file
 from .infer import pick_device
 from .runner import HeadRunner
-from .selection import RULES, select
+from .selection import RULES, SCORED_RULES, select
 
 DEFAULT_METRICS = RGB_PSNR_SSIM
 
@@ -171,7 +171,10 @@ def analyze(opt,
     """Run the analysis; returns the table dict written to ``table.json``. ``trust``: ``--trust-checkpoint``."""
     net, _, checkpoint, key, ckpt_path = load_model(opt, ckpt, param_key, trust)
     data = build_eval_dataset(opt, dataset)
-    runner = HeadRunner(net, pick_device(device), tile, tile_overlap, (opt.get('val') or {}).get('window_size'))
+    with_scores = bool(getattr(net, 'head_scores', False))
+    rules = [r for r in RULES if with_scores or r not in SCORED_RULES]
+    runner = HeadRunner(net, pick_device(device), tile, tile_overlap, (opt.get('val') or {}).get('window_size'),
+                        with_scores)
     metrics, psnr_opt = _metric_options(opt)
     first = next(iter(metrics))
     pairs = head_pairs(net)
@@ -185,24 +188,36 @@ def analyze(opt,
     heat_dir = os.path.join(out_dir, 'heatmaps')
     count = len(data) if max_images is None else min(len(data), max_images)
     per_image, head_scores, matrix_sum = [], {m: [] for m in metrics}, np.zeros((num_heads, num_heads))
-    rule_scores = {r: {m: [] for m in metrics} for r in RULES}
+    rule_scores = {r: {m: [] for m in metrics} for r in rules}
     wins = np.zeros(num_outputs)
+    calibration = {'top_is_oracle': [], 'oracle_probability': []}
     for n in tqdm(range(count), unit='img', desc='analyze', disable=not progress):
         item = data[n]
         if 'gt' not in item:
             raise ToolError('the dataset has no ground truth (gt); analyze needs dataroot_gt.')
         name = os.path.splitext(os.path.basename(item.get('lq_path', f'{n:04d}')))[0]
-        heads = runner(item['lq'].unsqueeze(0))[0]
+        logits = None
+        if with_scores:
+            heads, logits = runner(item['lq'].unsqueeze(0))
+            heads, logits = heads[0], logits[0]
+        else:
+            heads = runner(item['lq'].unsqueeze(0))[0]
         gt = item['gt'][..., :heads.shape[-2], :heads.shape[-1]].float()
         heads = heads[..., :gt.shape[-2], :gt.shape[-1]]
+        if logits is not None:
+            logits = logits[..., :gt.shape[-2], :gt.shape[-1]]
         scores = _scores(heads, gt, metrics)
         for m in metrics:
             head_scores[m].append(scores[m])
         winner = int(np.argmax(scores[first]))
         wins[winner] += 1
         record = {'image': name, 'oracle_head': winner}
-        for rule in RULES:
-            index, image = select(heads, rule)
+        if logits is not None:
+            probabilities = torch.softmax(logits.mean(dim=(1, 2)), dim=0)
+            calibration['top_is_oracle'].append(float(int(probabilities.argmax()) == winner))
+            calibration['oracle_probability'].append(float(probabilities[winner]))
+        for rule in rules:
+            index, image = select(heads, rule, logits)
             rs = {
                 m: float(scores[m][index])
                 for m in metrics
@@ -212,7 +227,7 @@ def analyze(opt,
             }
             for m in metrics:
                 rule_scores[rule][m].append(rs[m])
-            record[rule] = 'mean' if index < 0 else index
+            record[rule] = rule if index < 0 else index
         # Fig. 6: pair (i, j) is the combined head (an extended head with combine, else averaged here)
         psnr_heads = scores[first] if metrics[first] is psnr_opt else _scores(heads, gt, {'p': psnr_opt})['p']
         missing = [(i, j) for i in range(num_heads) for j in range(i) if (i, j) not in pairs]
@@ -233,6 +248,9 @@ def analyze(opt,
     if not count:
         raise ToolError('the dataset is empty.')
     table = _summarize(net, metrics, head_scores, rule_scores, best_head, wins, matrix_sum / count, count)
+    if with_scores:  # how often the top-scored head is the oracle's pick, and the mean probability of that pick
+        table['score_calibration'] = {k: float(np.mean(v)) for k, v in calibration.items()}
+        table['score_calibration']['chance'] = 1.0 / num_outputs
     table.update(checkpoint=os.path.abspath(ckpt_path), param_key=key, images=per_image)
     _write_outputs(out_dir, table, net)
     return table
@@ -247,7 +265,7 @@ def _summarize(net, metrics, head_scores, rule_scores, best_head, wins, matrix, 
         rows.setdefault('oracle (Eq. 7a)', {})[m] = float(scores.max(axis=1).mean())
         rows.setdefault('best single head (Eq. 7b)', {})[m] = float(means.max())
         rows.setdefault(f'checkpoint best_head {head_name(net, best_head)}', {})[m] = float(means[best_head])
-        for rule in RULES:
+        for rule in rule_scores:
             rows.setdefault(f'select {rule}', {})[m] = float(np.mean(rule_scores[rule][m]))
         rows.setdefault('worst head per image', {})[m] = float(scores.min(axis=1).mean())
         for k, v in enumerate(means):
@@ -287,6 +305,13 @@ def _write_outputs(out_dir, table, net):
     for head, values in table['heads'].items():
         lines.append(f'| {head} | ' + ' | '.join(f'{values[m]:.4f}'
                                                  for m in metrics) + f' | {100 * table["win_rates"][head]:.1f}% |')
+    if 'score_calibration' in table:
+        cal = table['score_calibration']
+        lines += [
+            '', f'Score calibration: the top-scored head is the oracle\'s pick for {100 * cal["top_is_oracle"]:.1f}% '
+            f'of the images (chance {100 * cal["chance"]:.1f}%); mean score probability of the oracle\'s head '
+            f'{cal["oracle_probability"]:.3f}.'
+        ]
     with open(os.path.join(out_dir, 'table.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     matrix = np.array(table['psnr_matrix'])

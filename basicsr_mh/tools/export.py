@@ -53,12 +53,13 @@ def plain_state_dict(net, index):
 
     Returns:
         OrderedDict: the backbone's keys; the output layer(s) with ``C_out`` output channels, every
-        :class:`MultiHeadInputConv2d` with ``C`` input channels.
+        :class:`MultiHeadInputConv2d` with ``C`` input channels; no score branch (``head_scores``).
 
     Raises:
         ToolError: when a conv reads the distinct heads of an earlier stage (see the module docstring).
     """
-    state = OrderedDict((k, v.detach().clone()) for k, v in net.state_dict().items())
+    state = OrderedDict(
+        (k, v.detach().clone()) for k, v in net.state_dict().items() if not k.startswith('score_branch.'))
     if not isinstance(net, MultiHeadArch):
         if index not in (0, MEAN_HEAD):
             raise ToolError(f'head {index}: the network is a plain backbone (one output).')

@@ -23,7 +23,7 @@ from .common import (MEAN_HEAD, ToolError, add_model_arguments, head_name, head_
                      read_options, run_tool)
 from .guards import DEFAULT_MAX_PIXELS, output_file, oversized_image, write_atomic
 from .runner import HeadRunner
-from .selection import RULES, select
+from .selection import RULES, SCORED_RULES, select
 
 
 def list_inputs(path):
@@ -154,8 +154,9 @@ def build_parser(prog=None):
     parser.add_argument(
         '--select',
         choices=RULES,
-        help='pick per image: consensus (medoid head), mean (average of '
-        'the heads), sharpness (highest Laplacian variance)')
+        help='pick per image: consensus (medoid head), mean (average of the heads), sharpness (highest Laplacian '
+        'variance), scores (the top-scored head) or scored-mean (per pixel, the heads weighted by their scores); '
+        'the last two need network_g.head_scores: true')
     parser.add_argument(
         '--tile', type=int, default=512, help='tile larger images into tiles of this side; 0: never '
         '(default 512)')
@@ -182,11 +183,18 @@ def _run(args):
     net, net_opt, checkpoint, _, ckpt = load_model(opt, args.ckpt, args.param_key, args.trust_checkpoint)
     num_outputs = len(head_pairs(net))
     heads_spec = args.heads or 'best'
-    indices = list(range(num_outputs)) if heads_spec == 'all' else [parse_head(heads_spec, net, checkpoint)]
+    if args.select:
+        indices = []  # one image per input, chosen by the rule
+    else:
+        indices = list(range(num_outputs)) if heads_spec == 'all' else [parse_head(heads_spec, net, checkpoint)]
     backbone_opt = net_opt.get('backbone') if net_opt.get('type') == 'MultiHeadArch' else net_opt
     in_channels = net_opt.get('probe_channels') or _find_in_channels(backbone_opt, getattr(net, 'backbone', net))
     window = (opt.get('val') or {}).get('window_size')
-    runner = HeadRunner(net, pick_device(args.device), args.tile, args.tile_overlap, window)
+    with_scores = args.select in SCORED_RULES
+    if with_scores and not getattr(net, 'head_scores', False):
+        raise ToolError(f'--select {args.select} needs a model trained with network_g.head_scores: true (this one has '
+                        'no score branch). Fix: --select consensus, mean or sharpness.')
+    runner = HeadRunner(net, pick_device(args.device), args.tile, args.tile_overlap, window, with_scores)
     stems = output_stems(files)
     for name in output_names(stems, heads_spec, indices, args.select):  # every name checked before any work
         output_file(args.output, name)
@@ -205,11 +213,17 @@ def _run(args):
             continue
         img, depth = read
         x, mode = to_network_input(img, in_channels)
-        heads = from_heads(runner(x), mode)
+        scores = None
+        if with_scores:
+            out, scores = runner(x)
+            heads, scores = from_heads(out, mode), scores.mean(dim=0)  # per-channel runs: their mean
+        else:
+            heads = from_heads(runner(x), mode)
         if args.select:
-            index, chosen = select(heads, args.select)
+            index, chosen = select(heads, args.select, scores)
             write_image(output_file(args.output, f'{stem}.png'), chosen, depth)
-            choices.append((os.path.basename(path), args.select, 'mean' if index < 0 else head_name(net, index)))
+            mixture = 'mean' if args.select == 'mean' else args.select
+            choices.append((os.path.basename(path), args.select, mixture if index < 0 else head_name(net, index)))
         elif heads_spec == 'all':
             for k in indices:
                 write_image(output_file(args.output, f'{stem}_h{k}.png'), heads[k], depth)

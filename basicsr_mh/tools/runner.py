@@ -41,13 +41,17 @@ class HeadRunner:
         overlap (int): overlap of neighbouring tiles (input pixels); blended with linear ramps.
         pad_multiple (int | None): reflect-pad every forward input to a multiple of this (Restormer:
             ``val.window_size``). When a forward fails at a size, 8, 16, 32, 64 are tried in turn, and kept.
+        with_scores (bool): also return the score branch's per-pixel logits (``head_scores``), padded, tiled and
+            blended as the heads.
 
     ``runner(x)``: ``x`` (B, C, H, W) float in [0, 1] -> (B, K', C_out, H * s, W * s) float on the CPU
-    (K' = 1 for a plain network; the final stage of multi-stage backbones).
+    (K' = 1 for a plain network; the final stage of multi-stage backbones); with ``with_scores`` a tuple
+    ``(heads, scores (B, K', H * s, W * s))``.
     """
 
-    def __init__(self, net, device='cpu', tile=0, overlap=32, pad_multiple=None):
+    def __init__(self, net, device='cpu', tile=0, overlap=32, pad_multiple=None, with_scores=False):
         self.device = torch.device(device)
+        self.with_scores = bool(with_scores)
         self.net = net.to(self.device).eval()
         self.tile = int(tile or 0)
         self.overlap = max(int(overlap or 0), 0)
@@ -82,13 +86,23 @@ class HeadRunner:
         if pad_h or pad_w:
             mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
             x = F.pad(x, (0, pad_w, 0, pad_h), mode)
-        out = final_output(self.net(x), self.net)
+        if self.with_scores:  # the logits travel as one more channel of each head through crops and tiles
+            heads, scores = self.net(x, return_scores=True)
+            out = torch.cat([final_output(heads, self.net), scores.unsqueeze(2)], dim=2)
+        else:
+            out = final_output(self.net(x), self.net)
         scale_h, scale_w = out.shape[-2] // x.shape[-2], out.shape[-1] // x.shape[-1]
         return out[..., :h * max(scale_h, 1), :w * max(scale_w, 1)]
 
     @torch.no_grad()
     def __call__(self, x):
-        """(B, C, H, W) -> (B, K', C_out, H', W') on the CPU, float32."""
+        """(B, C, H, W) -> (B, K', C_out, H', W') on the CPU, float32; with scores ``(heads, scores)``."""
+        out = self._whole(x)
+        if self.with_scores:
+            return out[:, :, :-1], out[:, :, -1]
+        return out
+
+    def _whole(self, x):
         b, _, height, width = x.shape
         ys, xs = tile_starts(height, self.tile, self.overlap), tile_starts(width, self.tile, self.overlap)
         if len(ys) == 1 and len(xs) == 1:

@@ -8,11 +8,20 @@ head index (``-1`` when the image is not one head, as for ``mean``) and the imag
 * ``mean``: the average of the heads (not one head; it can score above every single head).
 * ``sharpness``: the head with the highest variance of the Laplacian of its luminance (the sharpest; it also
   favours noise and ringing).
+* ``scores``: the head the score branch (``network_g.head_scores``) rates most likely to be the winner (the
+  spatial mean of its per-pixel logits).
+* ``scored-mean``: per pixel, the heads weighted by the softmax over heads of the score branch's logits.
+
+A rule that sees only the input cannot beat the conditional mean E[y|x] under MSE, so the oracle's pick (Eq. 7a)
+is out of reach without ground truth; averaging rules (``mean``, ``scored-mean``) approach E[y|x], picking rules
+return one plausible, sharper head.
 """
 import torch
 import torch.nn.functional as F
 
-RULES = ('consensus', 'mean', 'sharpness')
+RULES = ('consensus', 'mean', 'sharpness', 'scores', 'scored-mean')
+#: The rules that need the score branch's logits.
+SCORED_RULES = ('scores', 'scored-mean')
 _LAPLACE = torch.tensor([[0., 1., 0.], [1., -4., 1.], [0., 1., 0.]])
 
 
@@ -49,9 +58,20 @@ def sharpness_index(heads):
     return int(sharpness_scores(heads).argmax())
 
 
-def select(heads, rule):
-    """Apply ``rule`` (one of :data:`RULES`) to ``heads`` (K', C, H, W); returns ``(index or -1, (C, H, W))``."""
-    if rule == 'consensus':
+def select(heads, rule, scores=None):
+    """Apply ``rule`` (one of :data:`RULES`) to ``heads`` (K', C, H, W); returns ``(index or -1, (C, H, W))``.
+
+    ``scores`` (K', H, W): the score branch's per-pixel logits, needed by :data:`SCORED_RULES`.
+    """
+    if rule in SCORED_RULES and scores is None:
+        raise ValueError(f'--select {rule} needs a model trained with network_g.head_scores: true (this one has no '
+                         'score branch). Fix: choose consensus, mean or sharpness.')
+    if rule == 'scores':
+        index = int(scores.mean(dim=(1, 2)).argmax())
+    elif rule == 'scored-mean':
+        weights = torch.softmax(scores.to(heads.dtype), dim=0).unsqueeze(1)  # (K', 1, H, W)
+        return -1, (weights * heads).sum(dim=0)
+    elif rule == 'consensus':
         index = consensus_index(heads)
     elif rule == 'sharpness':
         index = sharpness_index(heads)
