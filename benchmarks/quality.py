@@ -431,10 +431,14 @@ def write_results(rows, meta, out):
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, f"quality_{meta['preset_name']}")
     meta['plot'] = plot(rows, stem + '.png', f"Fig. 5 ablation ({meta['preset_name']}): PSNR vs heads")
+    write_json_md(stem, {'meta': meta, 'rows': rows}, markdown(rows, meta))
+
+
+def write_json_md(stem, payload, text):
+    """Write ``payload`` to ``<stem>.json`` and the Markdown ``text`` to ``<stem>.md``; print the Markdown."""
     with open(stem + '.json', 'w') as f:
-        json.dump({'meta': meta, 'rows': rows}, f, indent=1)
+        json.dump(payload, f, indent=1)
         f.write('\n')
-    text = markdown(rows, meta)
     with open(stem + '.md', 'w') as f:
         f.write(text)
     print(text)

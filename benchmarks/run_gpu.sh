@@ -3,9 +3,10 @@
 #   1. the CUDA tests (tests/test_cuda.py and the CUDA metric test),
 #   2. benchmarks/quality.py --preset gpu (single-head vs K = 4 vs MH-C, 3 seeds, runs in parallel on the GPU),
 #   3. benchmarks/speed.py --device cuda (step time, peak memory and validation time ratios; --reference when
-#      .ref/NAFNet-main holds the paper's reference code).
-# Each part has its own time limit (seconds: TEST_S, QUALITY_S, SPEED_S) and the next part runs whatever the last did;
-# PARTS (default "tests quality speed") chooses the parts; QUALITY_ARGS adds arguments to quality.py.
+#      .ref/NAFNet-main holds the paper's reference code),
+#   4. benchmarks/heads.py --preset gpu --scores (head_init x assignment, scores; the runs in parallel on the GPU).
+# Each part has its own time limit (seconds: TEST_S, QUALITY_S, SPEED_S, HEADS_S) and the next part runs whatever the last did;
+# PARTS (default "tests quality speed heads") chooses the parts; QUALITY_ARGS adds arguments to quality.py.
 # When quality.py is stopped by its limit, its tables are written from the validations it recorded.
 # Results and one log (run.log) go to $OUT (default benchmarks/results/gpu).
 # Usage, from the repository root: OUT=/some/dir bash benchmarks/run_gpu.sh
@@ -23,7 +24,7 @@ fi
 python3 -c 'import torch, basicsr_mh, basicsr; print("torch", torch.__version__, "basicsr", basicsr.__version__)' \
     2>&1 | tee -a "$LOG"
 
-PARTS=${PARTS:-tests quality speed}
+PARTS=${PARTS:-tests quality speed heads}
 if [[ " $PARTS " == *" tests "* ]]; then
     echo "== 1. CUDA tests" | tee -a "$LOG"
     timeout "${TEST_S:-100}" python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_metrics.py -k cuda \
@@ -46,5 +47,13 @@ if [[ " $PARTS " == *" speed "* ]]; then
     [ -f .ref/NAFNet-main/basicsr/models/archs/MHNAFNet_arch.py ] && REF=(--reference .ref)
     timeout "${SPEED_S:-170}" python3 benchmarks/speed.py --device cuda --repeats 5 --steps 3 --memory-repeats 1 \
         "${REF[@]}" --out "$OUT" 2>&1 | tee -a "$LOG"
+fi
+if [[ " $PARTS " == *" heads "* ]]; then
+    echo "== 4. heads.py --preset gpu --scores" | tee -a "$LOG"
+    timeout "${HEADS_S:-480}" python3 benchmarks/heads.py --preset gpu --scores --out "$OUT" 2>&1 \
+        | tee -a "$LOG" | grep -v '^  \[' | tail -n 40
+    if [ ! -f "$OUT/heads_gpu.md" ] && [ -f "$OUT/heads_gpu.records.jsonl" ]; then
+        python3 benchmarks/heads.py --summarize "$OUT/heads_gpu.records.jsonl" --out "$OUT" 2>&1 | tee -a "$LOG"
+    fi
 fi
 date | tee -a "$LOG"
