@@ -2,6 +2,7 @@
 
 Importing this package first fixes BasicSR 1.4.2's import on current torchvision (:mod:`basicsr_mh.compat`), then
 imports the architectures, losses, models and datasets so that they register into BasicSR's registries.
+:func:`build_network` builds a network from ``network_g`` options in the short form (``num_heads``/``combine``).
 """
 # isort: skip_file  (compat must be imported before anything that imports basicsr)
 from . import compat  # noqa: F401  (must come before anything that imports basicsr)
@@ -11,3 +12,4 @@ from . import losses  # noqa: F401,E402
 from . import models  # noqa: F401,E402
 from . import data  # noqa: F401,E402
 from .data import paired_image_dataset  # noqa: F401,E402  (registers Dataset_PairedImage)
+from .options import build_network  # noqa: F401,E402

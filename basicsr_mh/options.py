@@ -88,6 +88,22 @@ def upgrade_network_options(net_opt, key='network_g'):
     return dict(type='MultiHeadArch', backbone=net_opt, **wrapper), True
 
 
+def build_network(net_opt):
+    """Build a network from ``network_g`` options in the short form (``{type: NAFNet, ..., num_heads: 4, combine:
+    true}``), the long form (``type: MultiHeadArch``) or a plain backbone's, through BasicSR's ARCH_REGISTRY.
+
+    Args:
+        net_opt (dict): the options (not modified).
+
+    Returns:
+        nn.Module: a :class:`~basicsr_mh.archs.multihead_arch.MultiHeadArch` (input (B, C, H, W) -> heads
+        (B, K', C, H, W)) or the plain backbone (-> (B, C, H, W)), in training mode on the CPU.
+    """
+    from basicsr.archs import build_network as basicsr_build_network
+    long_form, _ = upgrade_network_options(net_opt)
+    return basicsr_build_network(dict(long_form))
+
+
 def upgrade_options(opt, notes=None):
     """Upgrade a parsed option dict in place; idempotent. Returns ``opt``.
 

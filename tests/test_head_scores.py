@@ -247,3 +247,13 @@ def test_analyze_reports_scored_rules_and_calibration(scored_files):
     assert cal['top_is_oracle'] == pytest.approx(np.mean([r['scores'] == r['oracle_head'] for r in per_image]))
     assert 'Score calibration' in (out / 'table.md').read_text()
     assert os.path.isfile(out / 'psnr_matrix.png') and copy.deepcopy(table)['num_images'] == 2
+
+
+def test_python_api_build_network_short_form():
+    import basicsr_mh
+    torch.manual_seed(0)
+    net = basicsr_mh.build_network(dict(NAFNET, num_heads=4, combine=True, head_scores=True))
+    heads, scores = net.eval()(torch.rand(1, 3, 24, 24), return_scores=True)
+    assert heads.shape == (1, 10, 3, 24, 24) and scores.shape == (1, 10, 24, 24)
+    plain = basicsr_mh.build_network(NAFNET)
+    assert plain(torch.rand(1, 3, 24, 24)).shape == (1, 3, 24, 24)

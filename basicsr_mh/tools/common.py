@@ -67,9 +67,9 @@ def build_net(opt):
     Returns:
         tuple(nn.Module, dict): the network (:class:`MultiHeadArch` or the plain backbone) and its long-form options.
     """
-    from basicsr.archs import build_network
+    from basicsr_mh.options import build_network
     net_opt, _ = upgrade_network_options(opt['network_g'])
-    return build_network(dict(net_opt)).eval(), net_opt
+    return build_network(net_opt).eval(), net_opt
 
 
 def checkpoint_path(opt, ckpt=None):
