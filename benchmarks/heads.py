@@ -21,6 +21,7 @@ in parallel on one GPU).
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -260,7 +261,6 @@ def main(argv=None):
             lines = [json.loads(line) for line in f]
         write_results([x for x in lines if 'meta' not in x], next(x['meta'] for x in lines if 'meta' in x), args.out)
         return 0
-    from basicsr_mh.data.gopro_synth import make_dataset
     preset = dict(PRESETS[args.preset])
     args.jobs = args.jobs or preset.get('jobs', 2)
     if preset.get('num_gpu') and not torch.cuda.is_available():
@@ -271,14 +271,7 @@ def main(argv=None):
         preset['iters'] = args.iters
     work = tempfile.mkdtemp(prefix='basicsr_mh_heads_')
     start = time.time()
-    data = make_dataset(
-        os.path.join(work, 'data'),
-        num_train=preset['num_train'],
-        num_val=preset['num_val'],
-        size=preset['size'],
-        seed=0,
-        progress=False,
-        workers=2)
+    data = quality.make_preset_data(work, preset)
     meta = {
         'preset_name': args.preset,
         'preset': preset,
@@ -295,13 +288,16 @@ def main(argv=None):
         wanted = {w.strip() for w in args.only.split(';')}
         configs = [c for c in configs if c[0] in wanted]
     plan = [(work, data, preset, config, seed, records, 1) for seed in preset['seeds'] for config in configs]
-    if args.jobs > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
-            results = list(pool.map(run_one, plan))
-    else:
-        results = [run_one(p) for p in plan]
+    try:
+        if args.jobs > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
+                results = list(pool.map(run_one, plan))
+        else:
+            results = [run_one(p) for p in plan]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     meta['seconds'] = time.time() - start
     write_results(results, meta, args.out)
     return 0

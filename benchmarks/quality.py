@@ -444,9 +444,22 @@ def write_json_md(stem, payload, text):
     print(text)
 
 
+def make_preset_data(work, preset):
+    """The generated GoPro-style pairs of a preset under ``work/data`` (generator seed 0, default settings)."""
+    from basicsr_mh.data.gopro_synth import make_dataset
+    return make_dataset(
+        os.path.join(work, 'data'),
+        num_train=preset['num_train'],
+        num_val=preset['num_val'],
+        size=preset['size'],
+        seed=0,
+        progress=False,
+        workers=max(2, min(16,
+                           os.cpu_count() or 2)))
+
+
 def main(argv=None):
     """Run the ablation (or summarize a records file); returns 0."""
-    from basicsr_mh.data.gopro_synth import make_dataset
     args = parse_args(argv)
     if args.summarize:
         rows, meta = rows_from_records(args.summarize)
@@ -470,15 +483,7 @@ def main(argv=None):
     os.makedirs(work, exist_ok=True)
     os.makedirs(args.out, exist_ok=True)
     start = time.time()
-    data = make_dataset(
-        os.path.join(work, 'data'),
-        num_train=preset['num_train'],
-        num_val=preset['num_val'],
-        size=preset['size'],
-        seed=0,
-        progress=False,
-        workers=max(2, min(16,
-                           os.cpu_count() or 2)))
+    data = make_preset_data(work, preset)
     print(f'data: {time.time() - start:.0f} s', flush=True)
     device = torch.cuda.get_device_name() if preset['num_gpu'] else f'CPU ({threads} thread(s) per run)'
     meta = {

@@ -91,7 +91,7 @@ def test_score_loss_gradient_reaches_the_branch_and_the_backbone_only_when_asked
         model.gt = gt
         heads, scores = net(lq, return_scores=True)
         winners = torch.tensor([1, 4])
-        model.score_loss(scores, heads, winners).backward()
+        model.score_loss(scores, winners).backward()
         branch = [p.grad for n, p in net.named_parameters() if n.startswith('score_branch')]
         backbone = [p.grad for n, p in net.named_parameters() if not n.startswith('score_branch')]
         assert all(g is not None and float(g.abs().sum()) > 0 for g in branch)
@@ -119,7 +119,7 @@ def test_score_loss_learns_which_head_wins(pair_data, tmp_path):
     for _ in range(150):
         optimizer.zero_grad()
         heads, scores = net(lq, return_scores=True)
-        loss = model.score_loss(scores, heads, winners)
+        loss = model.score_loss(scores, winners)
         loss.backward()
         optimizer.step()
         losses.append(float(loss))

@@ -271,7 +271,7 @@ class MultiHeadImageRestorationModel(SRModel):
             l_total = l_total + l_pix
             loss_dict['l_pix'] = l_pix
         if scores is not None and final_winners is not None:
-            l_score = self.score_weight * self.score_loss(scores, stages[self.final_index], final_winners)
+            l_score = self.score_weight * self.score_loss(scores, final_winners)
             l_total = l_total + l_score
             loss_dict['l_score'] = l_score
         if self.cri_perceptual:
@@ -361,25 +361,22 @@ class MultiHeadImageRestorationModel(SRModel):
                                   'far).')
         self.log_dict = OrderedDict(skipped_steps=float(self.skipped_steps))
 
-    def score_loss(self, scores, heads, winners):
-        """Binary cross-entropy of the score branch against the winners (resilient MCL).
+    def score_loss(self, scores, winners):
+        """Binary cross-entropy of the score branch against the winners (resilient MCL, Letzelter et al. 2023).
 
         Args:
             scores (Tensor): (B, K', H, W) per-pixel logits.
-            heads (Tensor): (B, K', C, H, W) the final output's extended heads (read without gradient).
             winners (Tensor): (B,) each sample's winning extended head (MinHeadLoss).
 
         Returns:
             Tensor: scalar; the per-image term (spatial-mean logits vs the one-hot winner) plus the per-pixel term
-            (logits vs the one-hot head nearest the label at that pixel, channel-summed absolute error).
+            (every pixel's logits vs the one-hot winner of its image), so the per-image score is the mean of
+            per-pixel scores trained towards the same target.
         """
-        num = scores.shape[1]
-        target_image = F.one_hot(winners, num).to(scores.dtype)
-        with torch.no_grad():
-            nearest = (heads.detach() - self.gt.unsqueeze(1)).abs().sum(dim=2).argmin(dim=1)  # (B, H, W)
-            target_pixel = F.one_hot(nearest, num).permute(0, 3, 1, 2).to(scores.dtype)
-        return (F.binary_cross_entropy_with_logits(image_scores(scores), target_image) +
-                F.binary_cross_entropy_with_logits(scores, target_pixel))
+        target = F.one_hot(winners, scores.shape[1]).to(scores.dtype)  # (B, K')
+        per_pixel = target[:, :, None, None].expand_as(scores)
+        return (F.binary_cross_entropy_with_logits(image_scores(scores), target) +
+                F.binary_cross_entropy_with_logits(scores, per_pixel))
 
     def watch_dead_heads(self, winners, current_iter):
         """Warn once when a base head has won no training sample for ``train.dead_head_iters`` iterations (default
