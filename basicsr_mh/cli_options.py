@@ -190,3 +190,13 @@ def make_exp_dirs(opt):
     leaving out the ``path`` entries that are settings (:data:`PATH_SETTINGS`)."""
     folders = {k: v for k, v in opt['path'].items() if k not in PATH_SETTINGS}
     basicsr_make_exp_dirs(dict(opt, path=folders))
+
+
+def finish_distributed(opt):
+    """End of a distributed run: wait for every rank, then destroy the process group, so that no rank exits while
+    gloo/NCCL threads still run (a rank exiting with live gloo threads aborts with "terminate called without an
+    active exception" and fails the whole torchrun). A no-op without distributed training."""
+    import torch.distributed as dist
+    if opt.get('dist') and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -19,7 +19,7 @@ from basicsr.utils import get_env_info, get_time_str
 from basicsr.utils.options import dict2str
 from os import path as osp
 
-from .cli_options import make_exp_dirs, parse_options, setup_root_logger
+from .cli_options import finish_distributed, make_exp_dirs, parse_options, setup_root_logger
 from .models.checkpoint import atomic_write_json
 from .options import preflight
 
@@ -61,6 +61,7 @@ def test_pipeline(root_path, argv=None):
     if opt['rank'] == 0:
         atomic_write_json(results, osp.join(opt['path']['results_root'], 'metrics.json'))
         logger.info(f"Metrics written to {osp.join(opt['path']['results_root'], 'metrics.json')}")
+    finish_distributed(opt)
     return model
 
 

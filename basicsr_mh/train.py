@@ -29,7 +29,7 @@ from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logge
 from basicsr.utils.options import copy_opt_file, dict2str
 from os import path as osp
 
-from .cli_options import make_exp_dirs, parse_options, setup_root_logger
+from .cli_options import finish_distributed, make_exp_dirs, parse_options, setup_root_logger
 from .models.checkpoint import (UntrustedCheckpointError, atomic_write_json, checkpoint_trust, preserved_rng,
                                 read_checkpoint, set_rng_state)
 from .options import preflight
@@ -330,7 +330,7 @@ def train_pipeline(root_path, argv=None):
     model.save(epoch=-1, current_iter=-1)
     if tb_logger:
         tb_logger.close()
-    barrier(opt)
+    finish_distributed(opt)
     return model
 
 

@@ -186,7 +186,8 @@ def markdown(results, meta):
     lines = [
         f"Preset `{meta['preset_name']}`: NAFNet width {p['width']}, {p['iters']} iterations, batch {p['batch']} of "
         f"{p['patch']}x{p['patch']}, {p['num_train']} train / {p['num_val']} val generated pairs, seeds {seeds}; "
-        f"blurry input PSNR {meta['input']['psnr']:.2f} dB; {meta.get('seconds', 0):.0f} s on {meta['device']}.", '',
+        f"blurry input PSNR {meta['input']['psnr']:.2f} dB; {sum(r['seconds'] for r in results) / 60:.0f} minutes of "
+        f"training summed over the runs on {meta['device']}.", '',
         'PSNR (dB) on the validation set, mean ± std over seeds:', '',
         '| config | ' + ' | '.join(h for _, h in columns) + ' | least base head share |',
         '| --- |' + ' ---: |' * (len(columns) + 1)
