@@ -9,7 +9,7 @@ import sys
 USAGE = """usage: {prog} <command> [options]
 
 commands:
-  train   -opt OPTIONS.yml [--launcher none|pytorch|slurm] [--auto_resume] [--debug] [--force_yml KEY=VALUE ...]
+  train   -opt OPTIONS.yml [--launcher none|pytorch|slurm] [--auto_resume] [--debug] [--force_yml key:sub=value ...]
   test    -opt OPTIONS.yml [--launcher ...] [--force_yml ...]
   make-data --out DIR [--num-train N --num-val N --size S --seed S --lmdb ...]
           GoPro-style blurred/sharp pairs from the photos bundled with scikit-image

@@ -321,3 +321,20 @@ def test_output_names_cannot_leave_the_output_folder(model_files, tmp_path, caps
         with pytest.raises(ToolError, match='not a plain file name'):
             output_file(str(out), name)
     assert output_file(str(out), 'b.png') == os.path.join(str(out), 'b.png')
+
+
+def test_atomic_writes_get_plain_file_permissions(tmp_path):
+    """Checkpoints, metrics and images are readable by colleagues as files written with open() would be (not 0600)."""
+    from basicsr_mh.models.checkpoint import atomic_torch_save, atomic_write_json
+    from basicsr_mh.tools.guards import write_atomic
+    old = os.umask(0o022)
+    try:
+        atomic_torch_save({'params': {}}, tmp_path / 'a.pth')
+        atomic_write_json({'iter': 1}, tmp_path / 'metrics.json')
+        write_atomic(str(tmp_path / 'a.png'), b'png bytes')
+    finally:
+        os.umask(old)
+    for name in ('a.pth', 'metrics.json', 'a.png'):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+    assert json.loads((tmp_path / 'metrics.json').read_text()) == {'iter': 1}
+    assert sorted(os.listdir(tmp_path)) == ['a.png', 'a.pth', 'metrics.json']  # no temporary files left

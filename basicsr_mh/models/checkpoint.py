@@ -87,24 +87,40 @@ def _unreadable(path, err):
                       'checkpoint. Fix: point to a complete .pth file.')
 
 
-def atomic_torch_save(obj, path):
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+@contextmanager
+def atomic_file(path, mode='wb'):
+    """Write ``path`` atomically: yield a temporary file in the same folder; when the block ends without error the file
+    is flushed, fsynced, given the permissions a plain ``open`` would (``0o666 & ~umask``) and renamed over ``path``.
 
-    A crash mid-write leaves the previous ``path`` intact and at most a ``.tmp`` file, never a half checkpoint.
+    A crash mid-write leaves the previous ``path`` intact and at most a ``.tmp`` file, never a half file; a symbolic
+    link at ``path`` is replaced, not followed.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(prefix=os.path.basename(path) + '.', suffix='.tmp', dir=folder)
     try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
         raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` through :func:`atomic_file`: never a half checkpoint, readable as a plain file would be."""
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 class NonFiniteError(FloatingPointError, ValueError):
@@ -185,16 +201,7 @@ def preserved_rng():
 
 
 def atomic_write_json(obj, path):
-    """Write ``obj`` as indented JSON to ``path`` through a temporary file and a rename."""
+    """Write ``obj`` as indented JSON to ``path`` through :func:`atomic_file`."""
     import json
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    with atomic_file(path, 'w') as f:
+        json.dump(obj, f, indent=2)

@@ -7,10 +7,10 @@
   to a temporary file renamed over the target (a link made meanwhile is replaced, not followed).
 """
 import os
-import tempfile
 import warnings
 from PIL import Image
 
+from basicsr_mh.models.checkpoint import atomic_file
 from .common import ToolError
 
 #: ``infer --max-pixels`` default: 100 megapixels (a 12000 x 8000 photo fits; 0 turns the limit off).
@@ -66,22 +66,8 @@ def output_file(output_dir, name):
 
 
 def write_atomic(path, data):
-    """Write ``data`` (bytes) to ``path`` through a temporary file in the same folder and a rename: a reader never
-    sees half a file, and a symbolic link at ``path`` is replaced rather than followed."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """Write ``data`` (bytes) to ``path`` through a temporary file in the same folder and a rename
+    (:func:`basicsr_mh.models.checkpoint.atomic_file`): a reader never sees half a file, and a symbolic link at
+    ``path`` is replaced rather than followed."""
+    with atomic_file(path) as f:
+        f.write(data)
