@@ -290,13 +290,7 @@ def main(argv=None):
         configs = [c for c in configs if c[0] in wanted]
     plan = [(work, data, preset, config, seed, records, 1) for seed in preset['seeds'] for config in configs]
     try:
-        if args.jobs > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-            with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
-                results = list(pool.map(run_one, plan))
-        else:
-            results = [run_one(p) for p in plan]
+        results = quality.map_jobs(run_one, plan, args.jobs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     meta['seconds'] = time.time() - start

@@ -156,13 +156,7 @@ def run_all(work, data, preset, records, jobs, threads):
     """Every configuration with every seed, ``jobs`` at a time (spawned processes when > 1): rows for the tables."""
     plan = [(label, k, combine, seed) for label, k, combine in configurations(preset['ks']) for seed in preset['seeds']]
     args = [(work, data, preset, label, k, combine, seed, records, threads) for label, k, combine, seed in plan]
-    if jobs > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
-            results = list(pool.map(_job, args))
-    else:
-        results = [_job(a) for a in args]
+    results = map_jobs(_job, args, jobs)
     rows = []
     for label, k, combine in configurations(preset['ks']):
         runs = [r for (lab, _, _, _), r in zip(plan, results) if lab == label]
@@ -175,6 +169,16 @@ def run_all(work, data, preset, records, jobs, threads):
             'aggregate': aggregate(runs)
         })
     return rows
+
+
+def map_jobs(func, args, jobs):
+    """``[func(a) for a in args]``, ``jobs`` at a time in spawned processes when ``jobs`` > 1."""
+    if jobs <= 1:
+        return [func(a) for a in args]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
+        return list(pool.map(func, args))
 
 
 def rows_from_records(path):
