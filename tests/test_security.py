@@ -338,3 +338,13 @@ def test_atomic_writes_get_plain_file_permissions(tmp_path):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
     assert json.loads((tmp_path / 'metrics.json').read_text()) == {'iter': 1}
     assert sorted(os.listdir(tmp_path)) == ['a.png', 'a.pth', 'metrics.json']  # no temporary files left
+
+
+def test_loading_a_multihead_checkpoint_reports_no_missing_keys(model_files, tmp_path, monkeypatch, caplog):
+    """BasicSR's key report must not claim the output layer is missing from a checkpoint that has it."""
+    import logging
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger='basicsr'):
+        run_test_pipeline(str(tmp_path), ['-opt', model_files['opt_clean']])
+    assert not [r for r in caplog.records if 'Current net - loaded net' in r.getMessage()]
+    assert (tmp_path / 'results' / 'security_test' / 'metrics.json').is_file()

@@ -214,7 +214,9 @@ class MultiHeadImageRestorationModel(SRModel):
         if isinstance(bare, MultiHeadArch):
             layers = list(bare.head_layer_names) + list(getattr(bare, 'head_input_layers', {}))
             grown = {f'{name}.{p}' for name in layers for p in ('weight', 'bias')}
-            kept = {k: load_net.pop(k) for k in list(load_net) if k in grown}
+            current = bare.state_dict()
+            kept = {k: load_net[k] for k in list(load_net) if k in grown and k in current}
+            load_net.update({k: current[k] for k in kept})  # present in both: nothing to report for them
             super()._print_different_keys_loading(crt_net, load_net, strict)
             load_net.update(kept)
         else:
