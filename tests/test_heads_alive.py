@@ -287,3 +287,16 @@ def _input_psnr(folder):
             for sub in ('gt', 'lq'))
         values.append(float(per_head(lq.unsqueeze(1), gt, PSNR)[0, 0]))
     return sum(values) / len(values)
+
+
+def test_validation_records_carry_the_last_window_win_rates(pair_data, tmp_path, monkeypatch):
+    """A validation right after a log line (which resets the counts) still reports the win rates, not zeros (the
+    demo's report.json read all zeros)."""
+    from basicsr_mh.demo import record_validations
+    records = []
+    with record_validations(records):
+        _train(pair_data, tmp_path, monkeypatch, 'win_records')  # print_freq 5, val_freq 10: validation after a log
+    assert [r['iter'] for r in records] == [10, 20]
+    for record in records:
+        rates = [record[f'win_h{k}'] for k in range(10)]
+        assert sum(rates) == pytest.approx(1.0) and max(rates) > 0

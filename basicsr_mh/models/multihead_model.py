@@ -99,6 +99,7 @@ class MultiHeadImageRestorationModel(SRModel):
         # position of the final restoration among a multi-stage backbone's outputs (MPRNet: 0, HINet: -1)
         self.final_index = getattr(getattr(bare, 'backbone', bare), 'final_output_index', -1)
         self._win_counts = torch.zeros(self.num_outputs, dtype=torch.float64, device=self.device)
+        self._last_win_rates = None
         load_path = self.opt['path'].get('pretrain_network_g')
         if load_path:
             meta = read_checkpoint(load_path, trust=checkpoint_trust(self.opt)).get(MULTIHEAD_META_KEY) or {}
@@ -417,14 +418,21 @@ class MultiHeadImageRestorationModel(SRModel):
         return shares
 
     def head_win_rates(self, reset=True):
-        """Fraction of training samples each extended head won since the last call (reduced over ranks), (K',)."""
+        """Fraction of training samples each extended head won since the last reset (reduced over ranks), (K',).
+
+        When no sample was counted since then (a validation right after a log line), the rates of the last window
+        that had samples are returned, not zeros.
+        """
         counts = self._win_counts.clone()
         if self.opt.get('dist') and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(counts)
         if reset:
             self._win_counts.zero_()
         total = counts.sum()
-        return counts / total if total > 0 else counts
+        if total > 0:
+            self._last_win_rates = counts / total
+            return self._last_win_rates.clone()
+        return self._last_win_rates.clone() if self._last_win_rates is not None else counts
 
     def get_current_log(self):
         log = OrderedDict(self.log_dict)
