@@ -9,10 +9,12 @@ import argparse
 import os
 import random
 import torch
+import yaml
 from basicsr.utils import make_exp_dirs as basicsr_make_exp_dirs
 from basicsr.utils import set_random_seed
 from basicsr.utils.dist_util import get_dist_info
-from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
+from basicsr.utils.options import _postprocess_yml_value
+from collections import OrderedDict
 from os import path as osp
 
 from .options import upgrade_options
@@ -68,6 +70,53 @@ def _apply_force_yml(opt, entries):
         node[parts[-1]] = _postprocess_yml_value(value.strip())
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader building mappings as OrderedDict (as BasicSR's loader does) and refusing duplicate keys,
+    which plain YAML loaders resolve silently by keeping the last one."""
+
+
+def _construct_unique_mapping(loader, node):
+    seen = {}
+    for key_node, _ in node.value:
+        if key_node.tag == 'tag:yaml.org,2002:merge':  # `<<: *base`: its keys may be overridden on purpose
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise DuplicateKeyError(key, seen[key], line)
+        seen[key] = line
+    loader.flatten_mapping(node)
+    return OrderedDict(loader.construct_pairs(node))
+
+
+class DuplicateKeyError(ValueError):
+    """A mapping of an option file has the same key twice."""
+
+    def __init__(self, key, first_line, second_line):
+        super().__init__(key, first_line, second_line)
+        self.key, self.first_line, self.second_line = key, first_line, second_line
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def load_option_file(path):
+    """Read a BasicSR option file (YAML, safe tags only) into nested OrderedDicts.
+
+    Raises:
+        ValueError: a key appears twice in one mapping (naming the key and both lines), or the YAML is malformed.
+    """
+    with open(path, encoding='utf-8') as f:
+        try:
+            return yaml.load(f, Loader=_UniqueKeyLoader)
+        except DuplicateKeyError as err:
+            raise ValueError(f'{path}: key "{err.key}" appears twice in the same mapping, on lines {err.first_line} '
+                             f'and {err.second_line} (YAML would silently keep the second). Fix: remove one of them.') \
+                from None
+        except yaml.YAMLError as err:
+            raise ValueError(f'{path} is not valid YAML: {err}') from None
+
+
 def parse_options(root_path, is_train=True, argv=None, prog='basicsr-mh'):
     """Parse the command line and the YAML file into BasicSR's option dict (see module docstring).
 
@@ -82,8 +131,7 @@ def parse_options(root_path, is_train=True, argv=None, prog='basicsr-mh'):
     args = build_parser(prog, is_train).parse_args(argv)
     if not osp.isfile(args.opt):
         raise FileNotFoundError(f'Option file "{args.opt}" does not exist. Fix: pass -opt path/to/options.yml.')
-    with open(args.opt, mode='r') as f:
-        opt = __import__('yaml').load(f, Loader=ordered_yaml()[0])
+    opt = load_option_file(args.opt)
     if not isinstance(opt, dict):
         raise ValueError(f'Option file "{args.opt}" is not a YAML mapping.')
     for key in ('name', 'datasets'):

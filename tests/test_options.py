@@ -104,3 +104,30 @@ def test_force_yml_and_debug(pair_data, tmp_path):
     assert parsed['model_type'] == 'MultiHeadImageRestorationModel'
     original = copy.deepcopy(opt)
     assert original['network_g']['num_heads'] == 4  # the file's dict is untouched
+
+
+def test_option_files_with_duplicate_keys_are_refused_naming_both_lines(pair_data, tmp_path):
+    from basicsr_mh.cli_options import load_option_file, parse_options
+    path = tmp_path / 'dup.yml'
+    path.write_text('name: dup\nnetwork_g:\n  type: NAFNet\n  width: 16\n  num_heads: 4\n  width: 32\n')
+    with pytest.raises(ValueError, match=r'key "width" appears twice in the same mapping, on lines 4 and 6'):
+        load_option_file(str(path))
+    with pytest.raises(ValueError, match='appears twice'):
+        parse_options(str(tmp_path), argv=['-opt', str(path)])
+    # the same key in different mappings, and YAML merge keys overridden on purpose, are fine
+    path.write_text('base: &b {type: NAFNet, width: 16}\nnetwork_g:\n  <<: *b\n  width: 32\nnetwork_d: {width: 8}\n')
+    assert load_option_file(str(path))['network_g'] == {'type': 'NAFNet', 'width': 32}
+
+
+def test_every_shipped_option_file_loads_as_basicsr_loads_it():
+    import glob
+    import yaml
+    from basicsr.utils.options import ordered_yaml
+
+    from basicsr_mh.cli_options import load_option_file
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'options')
+    paths = sorted(glob.glob(os.path.join(root, '**', '*.yml'), recursive=True))
+    assert len(paths) > 20
+    for path in paths:
+        with open(path) as f:
+            assert load_option_file(path) == yaml.load(f, Loader=ordered_yaml()[0]), path

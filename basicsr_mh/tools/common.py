@@ -2,11 +2,11 @@
 import os
 import sys
 import torch
-import yaml
 from collections import OrderedDict
 
 from basicsr_mh import compat  # noqa: F401  (must precede any basicsr import)
 from basicsr_mh.archs.multihead_arch import MultiHeadArch, head_pair_name
+from basicsr_mh.cli_options import load_option_file
 from basicsr_mh.models.checkpoint import checkpoint_trust, read_checkpoint
 from basicsr_mh.options import upgrade_network_options
 
@@ -54,8 +54,7 @@ def read_options(path):
     """Parse a BasicSR option file (YAML) into a dict."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'Option file "{path}" does not exist.')
-    with open(path, encoding='utf-8') as f:
-        opt = yaml.safe_load(f)
+    opt = load_option_file(path)
     if not isinstance(opt, dict) or not isinstance(opt.get('network_g'), dict):
         raise ToolError(f'{path}: no `network_g` section; pass the option file the model was trained or tested with.')
     return opt
