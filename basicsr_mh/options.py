@@ -10,7 +10,8 @@ import difflib
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
-from .archs.multihead_arch import check_head_init, check_head_options, declared_in_channels, num_extended_heads
+from .archs.multihead_arch import (check_head_init, check_head_options, check_score_options, declared_in_channels,
+                                   num_extended_heads)
 from .losses.min_head_loss import ASSIGNMENT_KEYS, check_assignment_options
 
 MULTIHEAD_MODEL = 'MultiHeadImageRestorationModel'
@@ -28,7 +29,18 @@ def _check_heads(net_opt, key):
     if outputs > MAX_OUTPUTS:
         raise ValueError(f'{key}.num_heads {num_heads} (combine {combine}) gives {outputs} outputs, more than '
                          f'{MAX_OUTPUTS}. Fix: use a few heads (the paper uses 4-5), e.g. `num_heads: 4`.')
+    check_score_options(
+        net_opt.get('head_scores', False), net_opt.get('score_to_backbone', False), num_heads, combine, key)
     return num_heads, combine
+
+
+def check_score_weight(value):
+    """``train.score_weight`` (weight of the score loss) as a float; a ValueError naming the key unless it is a finite
+    number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float('inf'):
+        raise ValueError(f'train.score_weight must be a finite number >= 0, got {value!r}. Fix: e.g. '
+                         '`score_weight: 1.0` (the default), or 0 to train without the score loss.')
+    return float(value)
 
 
 def _check_arch_type(arch_type, key):
@@ -155,6 +167,8 @@ def upgrade_options(opt, notes=None):
                 close = difflib.get_close_matches(str(inner.get('type')), list(LOSS_REGISTRY.keys()), n=3)
                 raise ValueError(f'train.pixel_opt.loss.type "{inner.get("type")}" is not a registered loss. Close '
                                  f'names: {close}.')
+    if opt.get('is_train', True) and (opt.get('train') or {}).get('score_weight') is not None:
+        check_score_weight(opt['train']['score_weight'])
     return opt
 
 

@@ -257,3 +257,31 @@ def test_python_api_build_network_short_form():
     assert heads.shape == (1, 10, 3, 24, 24) and scores.shape == (1, 10, 24, 24)
     plain = basicsr_mh.build_network(NAFNET)
     assert plain(torch.rand(1, 3, 24, 24)).shape == (1, 3, 24, 24)
+
+
+@pytest.mark.parametrize(
+    'extra, message', [(dict(num_heads=1, head_scores=True), 'two or more heads'),
+                       (dict(num_heads=3, score_to_backbone=True), 'add `head_scores: true`'),
+                       (dict(num_heads=3, head_scores='yes'), 'must be true or false')],
+    ids=['one-output', 'backbone-without-scores', 'not-bool'])
+def test_score_keys_refused_where_they_would_be_dropped(extra, message):
+    """head_scores on a one-output network would silently build the plain backbone; score_to_backbone alone does
+    nothing: both fail with the key named, in the short form, the long form and the Python constructor."""
+    from basicsr_mh.archs.multihead_arch import MultiHeadArch
+    from basicsr_mh.options import upgrade_network_options
+    with pytest.raises(ValueError, match=message):
+        upgrade_network_options(dict(NAFNET, **extra))
+    long_form = dict(type='MultiHeadArch', backbone=dict(NAFNET), **extra)
+    with pytest.raises(ValueError, match=f'network_g.*{message}'):
+        upgrade_network_options(long_form)
+    with pytest.raises(ValueError, match=message):
+        MultiHeadArch(backbone=dict(NAFNET), **extra)
+
+
+@pytest.mark.parametrize('weight', [-1, 'high', True, float('nan'), float('inf')])
+def test_bad_score_weight_refused_before_training(weight):
+    from basicsr_mh.options import check_score_weight, upgrade_options
+    opt = {'network_g': dict(NAFNET, num_heads=2, head_scores=True), 'train': {'score_weight': weight}}
+    with pytest.raises(ValueError, match='train.score_weight must be a finite number >= 0'):
+        upgrade_options(opt, notes=[])
+    assert check_score_weight(0) == 0.0 and check_score_weight(2) == 2.0

@@ -417,6 +417,29 @@ def _check_flag(value, key):
     return value
 
 
+def check_score_options(head_scores, score_to_backbone, num_heads, combine, where='network_g'):
+    """Validate ``head_scores``/``score_to_backbone`` for a network with ``num_heads``/``combine`` (already checked).
+
+    Returns:
+        tuple(bool, bool): the two flags.
+
+    Raises:
+        ValueError: naming the key and the fix, for a non-bool value, ``head_scores`` on a network with one output
+            (it would be built as the plain backbone, without the branch), or ``score_to_backbone`` without
+            ``head_scores``.
+    """
+    for key, value in (('head_scores', head_scores), ('score_to_backbone', score_to_backbone)):
+        if not isinstance(value, bool):
+            raise ValueError(f'{where}.{key} must be true or false, got {value!r}. Fix: `{key}: true`, or remove it.')
+    if head_scores and num_extended_heads(num_heads, combine) < 2:
+        raise ValueError(f'{where}.head_scores: true needs two or more heads to score (num_heads {num_heads}, combine '
+                         f'{combine} gives one output). Fix: e.g. `num_heads: 4`, or remove head_scores.')
+    if score_to_backbone and not head_scores:
+        raise ValueError(f'{where}.score_to_backbone: true does nothing without a score branch. Fix: add '
+                         '`head_scores: true`, or remove score_to_backbone.')
+    return head_scores, score_to_backbone
+
+
 class ScoreBranch(nn.Sequential):
     """Per-pixel logits of each extended head being the winner, from the features that feed the output layer
     (resilient multiple-choice learning, Letzelter et al., NeurIPS 2023).
@@ -560,6 +583,8 @@ class MultiHeadArch(nn.Module):
             # copy.deepcopy / pickle re-create the object without arguments, then restore its __dict__
             return super().__new__(cls)
         num_heads, combine = check_head_options(num_heads, combine)
+        check_score_options(
+            kwargs.get('head_scores', False), kwargs.get('score_to_backbone', False), num_heads, combine)
         if num_heads == 1 and not combine:
             plain = _build_backbone(backbone)
             if check_head_init(kwargs.get('head_init', 'backbone')) == 'identity':

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..archs.multihead_arch import MultiHeadArch, head_pair_name, image_scores
 from ..losses.min_head_loss import ASSIGNMENT_KEYS, MinHeadLoss, log_loss_upgrade
 from ..metrics import per_head_many
-from ..options import upgrade_options
+from ..options import check_score_weight, upgrade_options
 from .checkpoint import (NonFiniteError, atomic_torch_save, check_finite_state, checkpoint_trust, get_rng_state,
                          read_checkpoint)
 from .lr_scheduler import build_scheduler
@@ -93,7 +93,7 @@ class MultiHeadImageRestorationModel(SRModel):
         #: ``train.dead_head_iters``: warn when a base head has won nothing for this many iterations (0: never).
         self.dead_head_iters = int((self.opt.get('train') or {}).get('dead_head_iters', 1000))
         #: ``train.score_weight``: weight of the score branch's loss (``network_g.head_scores``).
-        self.score_weight = float((self.opt.get('train') or {}).get('score_weight', 1.0))
+        self.score_weight = check_score_weight((self.opt.get('train') or {}).get('score_weight', 1.0))
         self._last_base_win = None
         self._dead_warned = None
         # position of the final restoration among a multi-stage backbone's outputs (MPRNet: 0, HINet: -1)
