@@ -94,6 +94,7 @@ def evaluate(model, opt):
     from basicsr.data import build_dataset
 
     from basicsr_mh.metrics import RGB_PSNR_SSIM, per_head
+    from basicsr_mh.tools.selection import SCORED_RULES, select
     dataset = build_dataset(dict(opt['datasets']['val'], phase='val', scale=1))
     net = getattr(model, 'net_g_ema', None) or model.net_g
     net.eval()
@@ -110,10 +111,7 @@ def evaluate(model, opt):
         heads = (heads if heads.dim() == 5 else heads.unsqueeze(1)).clamp(0, 1).cpu()
         outputs = [heads, heads.mean(dim=1, keepdim=True)]
         if scores is not None:
-            scores = scores.cpu()
-            top = scores.mean(dim=(2, 3)).argmax(dim=1)
-            weights = torch.softmax(scores, dim=1).unsqueeze(2)
-            outputs += [heads[:, top[0]:top[0] + 1], (weights * heads).sum(dim=1, keepdim=True)]
+            outputs += [select(heads[0], rule, scores[0].cpu())[1][None, None] for rule in SCORED_RULES]
         values = per_head(torch.cat(outputs, dim=1), gt, psnr_opt)[0].double()
         rows.append(values)
     table = torch.stack(rows)  # (N, K' + 1 [+ 2])

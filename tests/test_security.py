@@ -85,37 +85,25 @@ def test_read_checkpoint_refuses_code_and_loads_with_opt_in(model_files, tmp_pat
     assert marker.exists()  # the opt-in really loads everything
 
 
-def test_infer_refuses_then_runs_with_opt_in(model_files, tmp_path, capsys):
+# per tool: its arguments (after --opt) for (evil checkpoint, output path), the output name, what the run writes
+TOOLS = {
+    'infer': (lambda evil, out, images: ['--input', images, '--output', out, '--quiet'], 'out', 'a.png'),
+    'export': (lambda evil, out, images: ['--ckpt', evil, '--head', '1', '--out', out], 'plain.pth', None),
+    'analyze': (lambda evil, out, images: ['--out', out, '--quiet', '--max-images', '1'], 'analysis', 'table.json'),
+}
+
+
+@pytest.mark.parametrize('tool', sorted(TOOLS))
+def test_tool_refuses_then_runs_with_opt_in(tool, model_files, tmp_path, capsys):
     evil, marker, opt = make_evil(model_files, tmp_path)
-    out = tmp_path / 'out'
-    argv = ['infer', '--opt', opt, '--input', model_files['images'], '--output', str(out), '--quiet']
+    make_args, out_name, written = TOOLS[tool]
+    out = tmp_path / out_name
+    argv = [tool, '--opt', opt] + make_args(evil, str(out), model_files['images'])
     assert cli.main(argv) == 1
     assert_refused(capsys.readouterr().err, evil)
     assert not marker.exists() and not out.exists()
     assert cli.main(argv + ['--trust-checkpoint']) == 0
-    assert marker.exists() and (out / 'a.png').is_file()
-
-
-def test_export_refuses_then_runs_with_opt_in(model_files, tmp_path, capsys):
-    evil, marker, opt = make_evil(model_files, tmp_path)
-    out = tmp_path / 'plain.pth'
-    argv = ['export', '--opt', opt, '--ckpt', evil, '--head', '1', '--out', str(out)]
-    assert cli.main(argv) == 1
-    assert_refused(capsys.readouterr().err, evil)
-    assert not marker.exists() and not out.exists()
-    assert cli.main(argv + ['--trust-checkpoint']) == 0
-    assert marker.exists() and out.is_file()
-
-
-def test_analyze_refuses_then_runs_with_opt_in(model_files, tmp_path, capsys):
-    evil, marker, opt = make_evil(model_files, tmp_path)
-    out = tmp_path / 'analysis'
-    argv = ['analyze', '--opt', opt, '--out', str(out), '--quiet', '--max-images', '1']
-    assert cli.main(argv) == 1
-    assert_refused(capsys.readouterr().err, evil)
-    assert not marker.exists() and not out.exists()
-    assert cli.main(argv + ['--trust-checkpoint']) == 0
-    assert marker.exists() and (out / 'table.json').is_file()
+    assert marker.exists() and (out / written if written else out).is_file()
 
 
 def test_basicsr_test_refuses_then_runs_with_option(model_files, tmp_path, monkeypatch):

@@ -411,12 +411,6 @@ class _TailProbe:
         return found
 
 
-def _check_flag(value, key):
-    if not isinstance(value, bool):
-        raise ValueError(f'network_g.{key} must be true or false, got {value!r}.')
-    return value
-
-
 def check_score_options(head_scores, score_to_backbone, num_heads, combine, where='network_g'):
     """Validate ``head_scores``/``score_to_backbone`` for a network with ``num_heads``/``combine`` (already checked).
 
@@ -621,8 +615,7 @@ class MultiHeadArch(nn.Module):
         in_ch = probe_channels or _find_in_channels(backbone, self.backbone)
         self.feed_all_heads = bool(feed_all_heads)
         self.head_init = self._attach_heads(head_layers, in_ch, probe_size, self.head_init)
-        self.head_scores = _check_flag(head_scores, 'head_scores')
-        self.score_to_backbone = _check_flag(score_to_backbone, 'score_to_backbone')
+        self.head_scores, self.score_to_backbone = head_scores, score_to_backbone  # checked in __new__
         if self.head_scores:
             final = getattr(self.backbone, 'final_output_index', -1) % self.num_stage_outputs
             final_layer = self._grown[self.output_heads[final]]

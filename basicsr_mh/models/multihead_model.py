@@ -90,6 +90,7 @@ class MultiHeadImageRestorationModel(SRModel):
         self.combine = getattr(bare, 'combine', False)
         self.num_outputs = getattr(bare, 'num_outputs', 1)
         self.head_pairs = list(getattr(bare, 'head_pairs', [(0, 0)]))
+        self.has_scores = bool(getattr(bare, 'head_scores', False))
         #: ``train.dead_head_iters``: warn when a base head has won nothing for this many iterations (0: never).
         self.dead_head_iters = int((self.opt.get('train') or {}).get('dead_head_iters', 1000))
         #: ``train.score_weight``: weight of the score branch's loss (``network_g.head_scores``).
@@ -254,7 +255,7 @@ class MultiHeadImageRestorationModel(SRModel):
         self.augment_batch(current_iter)
         self.optimizer_g.zero_grad()
         scores = None
-        if getattr(self.get_bare_model(self.net_g), 'head_scores', False):
+        if self.has_scores:
             outputs, scores = self.net_g(self.lq, return_scores=True)
         else:
             outputs = self.net_g(self.lq)

@@ -22,6 +22,7 @@ import os
 import torch
 from tqdm import tqdm
 
+from basicsr_mh.archs.multihead_arch import image_scores
 from basicsr_mh.metrics import per_head
 from ..metrics import RGB_PSNR_SSIM
 from .common import (MULTIHEAD_META_KEY, ToolError, add_model_arguments, head_name, head_pairs, load_model,
@@ -213,7 +214,7 @@ def analyze(opt,
         wins[winner] += 1
         record = {'image': name, 'oracle_head': winner}
         if logits is not None:
-            probabilities = torch.softmax(logits.mean(dim=(1, 2)), dim=0)
+            probabilities = torch.softmax(image_scores(logits[None])[0], dim=0)
             calibration['top_is_oracle'].append(float(int(probabilities.argmax()) == winner))
             calibration['oracle_probability'].append(float(probabilities[winner]))
         for rule in rules:

@@ -19,6 +19,8 @@ return one plausible, sharper head.
 import torch
 import torch.nn.functional as F
 
+from basicsr_mh.archs.multihead_arch import image_scores
+
 RULES = ('consensus', 'mean', 'sharpness', 'scores', 'scored-mean')
 #: The rules that need the score branch's logits.
 SCORED_RULES = ('scores', 'scored-mean')
@@ -67,7 +69,7 @@ def select(heads, rule, scores=None):
         raise ValueError(f'--select {rule} needs a model trained with network_g.head_scores: true (this one has no '
                          'score branch). Fix: choose consensus, mean or sharpness.')
     if rule == 'scores':
-        index = int(scores.mean(dim=(1, 2)).argmax())
+        index = int(image_scores(scores[None])[0].argmax())
     elif rule == 'scored-mean':
         weights = torch.softmax(scores.to(heads.dtype), dim=0).unsqueeze(1)  # (K', 1, H, W)
         return -1, (weights * heads).sum(dim=0)
