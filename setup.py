@@ -46,8 +46,8 @@ setup(
     extras_require={'test': ['pytest', 'hypothesis']},
     entry_points={
         'console_scripts': [
-            'basicsr-mh=basicsr_mh.cli:entry',
-            'basicsr=basicsr_mh.cli:entry',
+            'basicsr-mh=basicsr_mh_cli:entry',
+            'basicsr=basicsr_mh_cli:entry',
         ],
     },
     classifiers=[

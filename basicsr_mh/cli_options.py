@@ -5,7 +5,6 @@ Takes the same flags as BasicSR's ``basicsr/train.py`` (``-opt``, ``--launcher``
 but initialises ``torch.distributed`` with gloo when there is no GPU, and upgrades the short multi-head form
 (:func:`basicsr_mh.options.upgrade_options`) before anything is written to disk.
 """
-import argparse
 import os
 import random
 import torch
@@ -17,21 +16,8 @@ from basicsr.utils.options import _postprocess_yml_value
 from collections import OrderedDict
 from os import path as osp
 
+from basicsr_mh_cli.parsers import train_test_parser
 from .options import upgrade_options
-
-
-def build_parser(prog, is_train):
-    """The argparse parser of ``basicsr-mh train`` / ``test`` (BasicSR's flags)."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=('Train' if is_train else 'Test') + ' a BasicSR model (multi-head aware) from an option YAML file.')
-    parser.add_argument('-opt', type=str, required=True, help='Path to option YAML file.')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
-    parser.add_argument('--auto_resume', action='store_true', help='resume from the latest training state')
-    parser.add_argument('--debug', action='store_true', help='debug mode: name prefixed debug_, frequent logs')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    parser.add_argument('--force_yml', nargs='+', default=None, help='Override options, e.g. train:ema_decay=0.999')
-    return parser
 
 
 def init_distributed(launcher, opt):
@@ -118,17 +104,26 @@ def load_option_file(path):
 
 
 def parse_options(root_path, is_train=True, argv=None, prog='basicsr-mh'):
-    """Parse the command line and the YAML file into BasicSR's option dict (see module docstring).
+    """Parse the command line ``argv`` (default: ``sys.argv[1:]``) and the YAML file into BasicSR's option dict.
+
+    Returns:
+        tuple(dict, argparse.Namespace): as :func:`options_from_args`, and the parsed arguments.
+    """
+    args = train_test_parser(prog, is_train).parse_args(argv)
+    return options_from_args(root_path, is_train, args), args
+
+
+def options_from_args(root_path, is_train, args):
+    """The YAML file of parsed ``train``/``test`` arguments as BasicSR's option dict (see the module docstring).
 
     Args:
         root_path (str): folder under which ``experiments/``, ``tb_logger/`` and ``results/`` are created.
         is_train (bool): train or test paths.
-        argv (list[str] | None): arguments (default: ``sys.argv[1:]``).
+        args (argparse.Namespace): from :func:`basicsr_mh_cli.parsers.train_test_parser`.
 
     Returns:
-        tuple(dict, argparse.Namespace)
+        dict: the options, upgraded to the multi-head form; ``opt['_notes']`` holds the upgrade's log lines.
     """
-    args = build_parser(prog, is_train).parse_args(argv)
     if not osp.isfile(args.opt):
         raise FileNotFoundError(f'Option file "{args.opt}" does not exist. Fix: pass -opt path/to/options.yml.')
     opt = load_option_file(args.opt)
@@ -196,7 +191,7 @@ def parse_options(root_path, is_train=True, argv=None, prog='basicsr-mh'):
     upgrade_options(opt, notes=notes)
     check_datasets(opt)
     opt['_notes'] = notes
-    return opt, args
+    return opt
 
 
 def check_datasets(opt):

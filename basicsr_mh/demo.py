@@ -16,7 +16,6 @@ What it does, all under ``--out DIR`` (refused when ``DIR`` exists and is not em
 The default preset (NAFNet width 16, 1000 iterations, batch 4 of 64x64 crops, both models) takes about 5-7
 minutes on 2 CPU cores; ``--quick`` (width 8, 20 iterations) takes seconds and is meant for tests.
 """
-import argparse
 import contextlib
 import copy
 import cv2
@@ -29,6 +28,7 @@ import time
 import torch
 import yaml
 
+from basicsr_mh_cli.parsers import demo_parser
 from .metrics import RGB_PSNR_SSIM
 
 #: The embedded option template (BasicSR option-file layout). ``None`` values are filled per run by
@@ -531,30 +531,9 @@ def run_demo(out, preset_name='default', iters=None, seed=10, verbose=False, thr
     return report
 
 
-def build_parser(prog='basicsr-mh demo'):
-    """The argparse parser of ``basicsr-mh demo``."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description='Make GoPro-style data, train a small single-head and MH-C NAFNet on the CPU and '
-        'write a report (per-head table, validation curve, pictures). Default: about 5-7 minutes on 2 CPU cores.')
-    parser.add_argument(
-        '--out',
-        default='basicsr_mh_demo',
-        help='output folder; must not exist or be empty '
-        '(default: ./basicsr_mh_demo)')
-    parser.add_argument(
-        '--iters', type=int, default=None, help='training iterations per model (default: 1000; '
-        '20 with --quick)')
-    parser.add_argument('--quick', action='store_true', help='tiny run for tests (width 8, 20 iterations, seconds)')
-    parser.add_argument('--seed', type=int, default=10, help='seed of the data and of both trainings')
-    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: the idle cores)')
-    parser.add_argument('--verbose', action='store_true', help="show BasicSR's training log on the console")
-    return parser
-
-
-def main(argv=None, prog='basicsr-mh demo'):
-    """``basicsr-mh demo``; returns the process exit code (1 when the output folder is refused)."""
-    args = build_parser(prog).parse_args(argv)
+def run(args, prog='basicsr-mh demo'):
+    """``basicsr-mh demo`` with parsed arguments (:func:`basicsr_mh_cli.parsers.demo_parser`); returns the process
+    exit code (1 when the output folder is refused)."""
     try:
         report = run_demo(args.out, 'quick' if args.quick else 'default', args.iters, args.seed, args.verbose,
                           args.threads)
@@ -563,6 +542,11 @@ def main(argv=None, prog='basicsr-mh demo'):
         return 1
     print(f'basicsr-mh demo: report written to {report}', flush=True)
     return 0
+
+
+def main(argv=None, prog='basicsr-mh demo'):
+    """Command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    return run(demo_parser(prog).parse_args(argv), prog)
 
 
 if __name__ == '__main__':

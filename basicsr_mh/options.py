@@ -7,6 +7,7 @@ model type (``SRModel`` to ``MultiHeadImageRestorationModel``; basicsr-mh's ``Im
 starts, with an error naming the key and the fix.
 """
 import difflib
+import inspect
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
@@ -19,12 +20,98 @@ UPGRADABLE_MODELS = ('SRModel', 'ImageRestorationModel', 'ImageCleanModel', MULT
 WRAPPER_KEYS = ('num_heads', 'combine', 'head_layers', 'probe_size', 'probe_channels', 'feed_all_heads', 'head_init',
                 'head_scores', 'score_to_backbone')
 
+#: The block under ``network_g`` that holds our keys unambiguously (needed where the backbone has a ``num_heads``).
+MULTIHEAD_BLOCK = 'multihead'
+#: Methods of BasicSR's SRModel that a model subclass may not override to be upgraded like SRModel: a subclass that
+#: trains differently (GAN, video, on-the-fly degradations) would silently lose its training under the upgrade.
+TRAINING_METHODS = ('optimize_parameters', 'init_training_settings', 'setup_optimizers', 'feed_data',
+                    'nondist_validation', 'dist_validation', 'save')
+
 MAX_OUTPUTS = 1024
+
+
+def close_names(name, candidates, n=3):
+    """Up to ``n`` entries of ``candidates`` that look like ``name`` (for "did you mean" in error messages)."""
+    return difflib.get_close_matches(str(name), [str(c) for c in candidates], n=n, cutoff=0.6)
+
+
+def backbone_arguments(arch_type):
+    """(names of the registered architecture's constructor arguments, whether it also takes ``**kwargs``)."""
+    try:
+        signature = inspect.signature(ARCH_REGISTRY.get(arch_type).__init__)
+    except (TypeError, ValueError):
+        return set(), True
+    params = list(signature.parameters.values())[1:]
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def split_short_form(net_opt, key='network_g'):
+    """Separate our keys from the backbone's in a short-form ``network_g``.
+
+    Our keys (:data:`WRAPPER_KEYS`) are read from a ``multihead:`` block when there is one, else from ``network_g``
+    itself. A key that is also an argument of the backbone (SwinIR's ``num_heads``: attention heads) belongs to the
+    backbone when the block is there and is an error naming both meanings when it is not. A key that neither the
+    backbone nor we know and that looks like one of ours (``num_head``) is an error with "did you mean".
+
+    Args:
+        net_opt (dict): ``network_g`` with a ``type`` that is a registered backbone (not MultiHeadArch).
+
+    Returns:
+        tuple(dict, dict): (the backbone's options, our options).
+    """
+    backbone = dict(net_opt)
+    block = backbone.pop(MULTIHEAD_BLOCK, None)
+    own, takes_kwargs = backbone_arguments(backbone['type'])
+    if block is not None:
+        if not isinstance(block, dict):
+            raise ValueError(f'{key}.{MULTIHEAD_BLOCK} must be a mapping, got {block!r}. Fix: e.g. '
+                             f'`{MULTIHEAD_BLOCK}: {{num_heads: 4, combine: true}}`.')
+        for name in block:
+            if name not in WRAPPER_KEYS:
+                hint = close_names(name, WRAPPER_KEYS)
+                raise ValueError(f'{key}.{MULTIHEAD_BLOCK}.{name} is not a basicsr-mh key'
+                                 f'{f" (did you mean {hint[0]}?)" if hint else ""}. Fix: use one of '
+                                 f'{", ".join(WRAPPER_KEYS)}.')
+        stray = [name for name in WRAPPER_KEYS if name in backbone and name not in own]
+        if stray:
+            raise ValueError(
+                f'{key}.{stray[0]} stands beside the {key}.{MULTIHEAD_BLOCK} block, and {backbone["type"]} '
+                f'has no such argument. Fix: move it into `{MULTIHEAD_BLOCK}:`.')
+        wrapper = dict(block)
+    else:
+        clash = [name for name in WRAPPER_KEYS if name in backbone and name in own]
+        if clash:
+            name = clash[0]
+            raise ValueError(f'{key}.{name} is ambiguous: {backbone["type"]} has its own `{name}` argument (for '
+                             f'{backbone["type"]} it means something else, e.g. attention heads), and basicsr-mh reads '
+                             f'`{name}` as its output heads. Fix: keep {backbone["type"]}\'s value where it is and '
+                             f'give ours in a block: `{MULTIHEAD_BLOCK}: {{num_heads: 4, combine: true}}` under {key}.')
+        wrapper = {name: backbone.pop(name) for name in WRAPPER_KEYS if name in backbone}
+    for name in backbone:
+        if name == 'type' or name in own:
+            continue
+        hint = close_names(name, WRAPPER_KEYS)
+        if hint:
+            raise ValueError(f'{key}.{name} is neither an argument of {backbone["type"]} nor a basicsr-mh key; did '
+                             f'you mean {hint[0]}? Fix: rename it.')
+        if not takes_kwargs:
+            hint = close_names(name, own)
+            raise ValueError(f'{key}.{name} is not an argument of {backbone["type"]}'
+                             f'{f" (did you mean {hint[0]}?)" if hint else ""}. Fix: use one of '
+                             f'{", ".join(sorted(own))}, or basicsr-mh\'s {", ".join(WRAPPER_KEYS[:2])}.')
+    if wrapper.get('combine') is True and 'num_heads' not in wrapper:
+        raise ValueError(f'{key}.combine: true without num_heads combines a single head with itself. Fix: add '
+                         '`num_heads: 4` (or another K >= 2).')
+    return backbone, wrapper
 
 
 def _check_heads(net_opt, key):
     """check_head_options plus a hard limit on K' (each output is a full image per sample)."""
     num_heads, combine = check_head_options(net_opt.get('num_heads', 1), net_opt.get('combine', False), key)
+    if combine and num_heads == 1:
+        raise ValueError(f'{key}.combine: true with num_heads 1 combines a single head with itself. Fix: '
+                         '`num_heads: 4` (or another K >= 2), or `combine: false`.')
     outputs = num_extended_heads(num_heads, combine)
     if outputs > MAX_OUTPUTS:
         raise ValueError(f'{key}.num_heads {num_heads} (combine {combine}) gives {outputs} outputs, more than '
@@ -45,9 +132,9 @@ def check_score_weight(value):
 
 def _check_arch_type(arch_type, key):
     if arch_type not in ARCH_REGISTRY:
-        close = difflib.get_close_matches(str(arch_type), list(ARCH_REGISTRY.keys()), n=3)
+        close = close_names(arch_type, ARCH_REGISTRY.keys())
         raise ValueError(f'{key} "{arch_type}" is not a registered architecture. Close names: {close}. Fix: correct '
-                         'the type, or import the module that registers it.')
+                         'the type, or import the module that registers it (`--import your.package`).')
 
 
 def _handles_heads(model_type):
@@ -85,12 +172,11 @@ def upgrade_network_options(net_opt, key='network_g'):
         check_head_init(net_opt.get('head_init'), key)
         net_opt.update(num_heads=num_heads, combine=combine)
         return net_opt, (num_heads, combine) != (1, False)
-    if not any(k in net_opt for k in WRAPPER_KEYS):
-        _check_arch_type(net_opt['type'], f'{key}.type')
-        return net_opt, False
-    num_heads, combine = _check_heads(net_opt, key)
     _check_arch_type(net_opt['type'], f'{key}.type')
-    wrapper = {k: net_opt.pop(k) for k in WRAPPER_KEYS if k in net_opt}
+    net_opt, wrapper = split_short_form(net_opt, key)
+    if not wrapper:
+        return net_opt, False
+    num_heads, combine = _check_heads(wrapper, key)
     check_head_init(wrapper.get('head_init'), key)
     if num_heads == 1 and not combine:
         if wrapper.get('head_init') == 'identity':  # MultiHeadArch builds the plain backbone, initialised
@@ -146,14 +232,16 @@ def upgrade_options(opt, notes=None):
     model_type = opt.get('model_type', 'SRModel')
     if has_heads and model_type != MULTIHEAD_MODEL:
         if model_type not in UPGRADABLE_MODELS:
-            raise ValueError(f'model_type {model_type} has no multi-head counterpart. Fix: use model_type '
-                             f'{MULTIHEAD_MODEL} (or one of {UPGRADABLE_MODELS[:-1]}), or remove num_heads/combine.')
+            _check_srmodel_subclass(model_type)
         if not _handles_heads(model_type):
             log(f'basicsr-mh: model_type {model_type} upgraded to {MULTIHEAD_MODEL} for the multi-head network.')
             opt['model_type'] = MULTIHEAD_MODEL
+            _keep_window_padding(opt, model_type, log)
         elif net_changed:  # logged once: a second call finds the network in long form already
             log(f'basicsr-mh: model_type {model_type} upgraded to its multi-head form (basicsr-mh\'s {model_type} is '
                 f'a {MULTIHEAD_MODEL}) for the multi-head network.')
+    elif not has_heads and model_type == 'SRModel' and opt.get('is_train', True):
+        _upgrade_for_optimizer(opt, log)
     pixel_opt = (opt.get('train') or {}).get('pixel_opt')
     if opt.get('is_train', True) and isinstance(pixel_opt, dict):
         loss_type = pixel_opt.get('type')
@@ -170,6 +258,61 @@ def upgrade_options(opt, notes=None):
     if opt.get('is_train', True) and (opt.get('train') or {}).get('score_weight') is not None:
         check_score_weight(opt['train']['score_weight'])
     return opt
+
+
+def _check_srmodel_subclass(model_type):
+    """A model type that is not one of :data:`UPGRADABLE_MODELS` is upgraded like SRModel when it is a registered
+    subclass of BasicSR's SRModel that trains as SRModel does (it overrides none of :data:`TRAINING_METHODS`; e.g.
+    SwinIRModel, or a user's model that only changes inference); anything else is a ValueError naming the fix."""
+    from basicsr.models.sr_model import SRModel
+    if model_type not in MODEL_REGISTRY:
+        hint = close_names(model_type, MODEL_REGISTRY.keys())
+        raise ValueError(
+            f'model_type "{model_type}" is not a registered model{f" (did you mean {hint[0]}?)" if hint else ""}. '
+            'Fix: correct it, or import the module that registers it (`--import your.package`).')
+    model_class = MODEL_REGISTRY.get(model_type)
+    if not issubclass(model_class, SRModel):
+        raise ValueError(f'model_type {model_type} is not an SRModel and has no multi-head counterpart. Fix: use '
+                         f'model_type {MULTIHEAD_MODEL} (or one of {", ".join(UPGRADABLE_MODELS[:-1])}), or remove '
+                         'num_heads/combine.')
+    own = [
+        name for klass in model_class.__mro__[:model_class.__mro__.index(SRModel)] for name in TRAINING_METHODS
+        if name in vars(klass)
+    ]
+    if own:
+        raise ValueError(f'model_type {model_type} trains with its own {", ".join(sorted(set(own)))}, which the '
+                         f'multi-head upgrade would replace. Fix: for a model of your own, subclass basicsr_mh\'s '
+                         f'{MULTIHEAD_MODEL} instead of SRModel (same API); or use model_type {MULTIHEAD_MODEL}; or '
+                         'remove num_heads/combine.')
+
+
+def _keep_window_padding(opt, model_type, log):
+    """SwinIRModel pads test inputs to a multiple of ``network_g.window_size``; the multi-head model does the same
+    through ``val.window_size``, set here from the backbone's unless the option file sets it."""
+    backbone = opt['network_g'].get('backbone') or {}
+    window = backbone.get('window_size')
+    if model_type == 'SwinIRModel' and window and opt.get('val') is not None and not opt['val'].get('window_size'):
+        opt['val']['window_size'] = window
+        log(f'basicsr-mh: val.window_size set to {window} (network_g.window_size) for SwinIRModel\'s test padding.')
+
+
+def _upgrade_for_optimizer(opt, log):
+    """BasicSR 1.4.2's SRModel builds only Adam (NotImplementedError for AdamW, SGD, ...): a single-head SRModel whose
+    ``train.optim_g.type`` the installed SRModel cannot build trains as MultiHeadImageRestorationModel (any
+    ``torch.optim`` optimizer; with a plain network it trains and validates as SRModel)."""
+    import torch
+    from basicsr.models.base_model import BaseModel
+    optim_type = ((opt.get('train') or {}).get('optim_g') or {}).get('type')
+    if not optim_type or optim_type == 'Adam':
+        return
+    try:
+        BaseModel.get_optimizer(None, optim_type, [torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    except NotImplementedError:
+        opt['model_type'] = MULTIHEAD_MODEL
+        log(f'basicsr-mh: model_type SRModel upgraded to {MULTIHEAD_MODEL}: the installed BasicSR\'s SRModel cannot '
+            f'build train.optim_g.type {optim_type}; this one builds any torch.optim optimizer.')
+    except Exception:  # noqa: BLE001  (an unknown name or bad arguments: the model reports it with the key)
+        return
 
 
 # ---------------------------------------------------------------------------------------------------- pre-flight
@@ -239,9 +382,18 @@ def check_pretrained(opt, net):
     try:
         net.load_state_dict(state, strict=strict)
     except (RuntimeError, ValueError) as err:
+        reason = _short(err, 400)
+        if 'Fix:' in reason:  # our own load check already says what to set
+            reason, fix = reason.split('Fix:', 1)
+            fix = fix.strip()
+        else:
+            fix = ('point path.pretrain_network_g to a checkpoint of this backbone, or set network_g (type, width, '
+                   'num_heads, combine) to the checkpoint\'s.')
+        if meta and (meta.get('num_heads', 1) > 1 or meta.get('combine')) and getattr(net, 'num_heads', 1) == 1:
+            fix += (f' To use one head of it in a plain network: `basicsr-mh export --opt <its train.yml> --ckpt '
+                    f'{path} --head best --out plain.pth` and load plain.pth.')
         raise ValueError(f'path.pretrain_network_g "{path}" does not fit network_g ({ours}){theirs}: '
-                         f'{_short(err, 400)} Fix: point path.pretrain_network_g to a checkpoint of this backbone, '
-                         'or set network_g (type, width, num_heads, combine) to the checkpoint\'s.') from err
+                         f'{reason.strip()} Fix: {fix}') from err
 
 
 def _net_in_channels(opt, net):

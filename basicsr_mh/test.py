@@ -19,14 +19,27 @@ from basicsr.utils import get_env_info, get_time_str
 from basicsr.utils.options import dict2str
 from os import path as osp
 
-from .cli_options import finish_distributed, make_exp_dirs, parse_options, setup_root_logger
+from basicsr_mh_cli.parsers import train_test_parser
+from .cli_options import finish_distributed, make_exp_dirs, options_from_args, setup_root_logger
 from .models.checkpoint import atomic_write_json
 from .options import preflight
 
 
 def test_pipeline(root_path, argv=None):
-    """Validate a model on every dataset of the option file; returns the model (its ``metric_results``)."""
-    opt, _ = parse_options(root_path, is_train=False, argv=argv)
+    """Validate a model on every dataset of the option file named in the command line ``argv`` (default
+    ``sys.argv[1:]``); BasicSR's signature. Returns the model (its ``metric_results``)."""
+    return test(root_path, train_test_parser('basicsr-mh test', False).parse_args(argv))
+
+
+def run(args, prog='basicsr-mh test'):
+    """``basicsr-mh test`` with parsed arguments, the current directory as root; returns the exit code 0."""
+    test(os.getcwd(), args)
+    return 0
+
+
+def test(root_path, args):
+    """Validate a model from parsed arguments (:func:`basicsr_mh_cli.parsers.train_test_parser`); returns it."""
+    opt = options_from_args(root_path, False, args)
     notes = opt.pop('_notes', [])
     torch.backends.cudnn.benchmark = True
     preflight(opt)

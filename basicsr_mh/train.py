@@ -29,7 +29,8 @@ from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logge
 from basicsr.utils.options import copy_opt_file, dict2str
 from os import path as osp
 
-from .cli_options import finish_distributed, make_exp_dirs, parse_options, setup_root_logger
+from basicsr_mh_cli.parsers import train_test_parser
+from .cli_options import finish_distributed, make_exp_dirs, options_from_args, setup_root_logger
 from .models.checkpoint import (UntrustedCheckpointError, atomic_write_json, checkpoint_trust, preserved_rng,
                                 read_checkpoint, set_rng_state)
 from .options import preflight
@@ -209,8 +210,20 @@ def validate_all(model, val_loaders, current_iter, tb_logger, opt, metrics_path)
 
 
 def train_pipeline(root_path, argv=None):
-    """Run a training from the command line arguments ``argv`` (default ``sys.argv[1:]``)."""
-    opt, args = parse_options(root_path, is_train=True, argv=argv)
+    """Run a training from the command line arguments ``argv`` (default ``sys.argv[1:]``); BasicSR's signature.
+    Returns the trained model."""
+    return train(root_path, train_test_parser('basicsr-mh train', True).parse_args(argv))
+
+
+def run(args, prog='basicsr-mh train'):
+    """``basicsr-mh train`` with parsed arguments, the current directory as root; returns the exit code 0."""
+    train(os.getcwd(), args)
+    return 0
+
+
+def train(root_path, args):
+    """Run a training from parsed arguments (:func:`basicsr_mh_cli.parsers.train_test_parser`); returns the model."""
+    opt = options_from_args(root_path, True, args)
     opt['root_path'] = root_path
     notes = opt.pop('_notes', [])
     torch.backends.cudnn.benchmark = True

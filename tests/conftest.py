@@ -6,10 +6,11 @@ import copy
 import pytest
 import yaml
 
-from basicsr_mh.data.example_pairs import TRAIN_PHOTOS, VAL_PHOTOS, make_pair_folder
+from basicsr_mh.data.example_pairs import make_pair_folder
 from basicsr_mh.metrics import RGB_PSNR_SSIM
 
-PHOTOS = TRAIN_PHOTOS + VAL_PHOTOS
+#: Whole photos of ``skimage.data`` for the tiny pair folders: four for training, two others for validation.
+PHOTOS = ('astronaut', 'coffee', 'rocket', 'chelsea', 'retina', 'immunohistochemistry')
 
 
 @pytest.fixture(scope='session')

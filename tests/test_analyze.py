@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import srmodel_options, write_options
 
-from basicsr_mh import cli
+import basicsr_mh_cli as cli
 from basicsr_mh.tools.common import build_net
 
 NAFNET = dict(type='NAFNet', img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])

@@ -25,7 +25,7 @@ def demo_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp('demo')
     out = root / 'tmp'
     exe = shutil.which('basicsr-mh')
-    launcher = [exe] if exe else [sys.executable, '-c', 'from basicsr_mh.cli import entry; entry()']
+    launcher = [exe] if exe else [sys.executable, '-c', 'from basicsr_mh_cli import entry; entry()']
     cmd = launcher + ['demo', '--quick', '--out', 'tmp']
     proc = subprocess.run(cmd, cwd=str(root), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

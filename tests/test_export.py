@@ -7,7 +7,7 @@ import torch
 from basicsr.archs import build_network
 from conftest import srmodel_options, write_options
 
-from basicsr_mh import cli
+import basicsr_mh_cli as cli
 from basicsr_mh.tools.common import ToolError, build_net, parse_head
 from basicsr_mh.tools.export import build_plain, plain_state_dict
 

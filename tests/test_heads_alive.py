@@ -223,7 +223,7 @@ def test_infer_heads_mean_writes_the_mean(tmp_path):
     import cv2
     import numpy as np
 
-    from basicsr_mh import cli
+    import basicsr_mh_cli as cli
     torch.manual_seed(0)
     net_opt = dict(BACKBONES['NAFNet'], num_heads=3, combine=True)
     net, _ = build_net({'network_g': net_opt})

@@ -8,7 +8,7 @@ import torch
 from conftest import write_options
 from torch import nn
 
-from basicsr_mh import cli
+import basicsr_mh_cli as cli
 from basicsr_mh.tools.common import build_net
 from basicsr_mh.tools.runner import HeadRunner
 from basicsr_mh.tools.selection import select, sharpness_scores

@@ -13,7 +13,7 @@ import torch
 import zlib
 from conftest import srmodel_options, write_options
 
-from basicsr_mh import cli
+import basicsr_mh_cli as cli
 from basicsr_mh.models.checkpoint import UntrustedCheckpointError, read_checkpoint
 from basicsr_mh.test import test_pipeline as run_test_pipeline
 from basicsr_mh.tools.common import ToolError, build_net

@@ -34,7 +34,6 @@ Command line (also ``basicsr-mh make-data``)::
 Defaults (96 train + 12 val pairs of 128x128) are sized for a CPU demo that trains in minutes; generating them takes
 a few seconds on 2 cores.
 """
-import argparse
 import cv2
 import json
 import math
@@ -46,6 +45,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
+from basicsr_mh_cli.parsers import make_data_parser
 from .camera_trajectory import TrajectoryConfig, sample_trajectory
 from .crf import build_crf
 
@@ -574,63 +574,9 @@ class _Writer:
                 maker.close()
 
 
-def build_parser(prog=None):
-    """The argparse parser of :func:`main`."""
-    d, t = SynthConfig(), TrajectoryConfig()
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description='Make GoPro-style blurred/sharp pairs (BasicSR PairedImageDataset layout) from the '
-        'real photos bundled with scikit-image: a burst of N frames (7..13) of a randomly moving camera is averaged '
-        'in linear light (inverse gamma-2.2 CRF), then the CRF; the label is the middle frame N // 2.')
-    parser.add_argument(
-        '--out',
-        default='datasets/gopro_synth',
-        help='output folder; refused if it exists and is not empty (default: %(default)s)')
-    parser.add_argument('--num-train', type=int, default=96, help='training pairs (default: %(default)s)')
-    parser.add_argument('--num-val', type=int, default=12, help='validation pairs (default: %(default)s)')
-    parser.add_argument('--size', type=int, default=128, help='pair height = width in px (default: %(default)s)')
-    parser.add_argument('--frames-min', type=int, default=d.frames_min, help='fewest frames per blur (default: 7)')
-    parser.add_argument('--frames-max', type=int, default=d.frames_max, help='most frames per blur (default: 13)')
-    parser.add_argument(
-        '--subframes',
-        type=int,
-        default=0,
-        help='odd sub-frames per frame for a smooth blur; 0 = auto (<= 1 px apart), 1 = GoPro\'s '
-        'plain frame average (default: %(default)s)')
-    parser.add_argument('--seed', type=int, default=0, help='same seed -> identical files (default: %(default)s)')
-    parser.add_argument('--lmdb', action='store_true', help='write {gt,lq}.lmdb instead of PNG folders')
-    parser.add_argument(
-        '--workers',
-        type=int,
-        default=min(2,
-                    os.cpu_count() or 1),
-        help='threads; the output does not depend on it (default: %(default)s)')
-    parser.add_argument(
-        '--crf',
-        choices=('gamma', 'srgb', 'linear'),
-        default='gamma',
-        help='camera response function (default: %(default)s)')
-    parser.add_argument('--gamma', type=float, default=d.gamma, help='gamma of the gamma CRF (default: 2.2)')
-    parser.add_argument('--speed-min', type=float, default=t.speed_min, help='px/frame (default: %(default)s)')
-    parser.add_argument('--speed-max', type=float, default=t.speed_max, help='px/frame (default: %(default)s)')
-    parser.add_argument('--accel-max', type=float, default=t.accel_max, help='px/frame^2 (default: %(default)s)')
-    parser.add_argument(
-        '--jitter',
-        type=float,
-        default=t.jitter_std,
-        help='hand-jitter random walk, px per frame (default: %(default)s)')
-    parser.add_argument(
-        '--rot-speed',
-        type=float,
-        default=t.rot_speed_std,
-        help='std of the roll speed, deg/frame (default: %(default)s)')
-    parser.add_argument('--quiet', action='store_true', help='no progress bar')
-    return parser
-
-
-def main(argv=None, prog=None):
-    """Command line; returns the exit code (0, or 2 with a one-line error for a refused --out or a bad value)."""
-    args = build_parser(prog).parse_args(argv)
+def run(args, prog='basicsr-mh make-data'):
+    """``basicsr-mh make-data`` with parsed arguments (:func:`basicsr_mh_cli.parsers.make_data_parser`); returns the
+    exit code (0, or 2 with a one-line error for a refused --out or a bad value)."""
     try:
         traj = TrajectoryConfig(
             speed_min=args.speed_min,
@@ -659,7 +605,7 @@ def main(argv=None, prog=None):
             progress=not args.quiet,
             cfg=cfg)
     except (FileExistsError, ValueError) as err:
-        print(f'{prog or "gopro_synth"}: error: {err}', file=sys.stderr)
+        print(f'{prog}: error: {err}', file=sys.stderr)
         return 2
     kind = 'lmdb' if args.lmdb else 'PNG folders'
     print(f'Wrote {args.num_train} train + {args.num_val} val GoPro-style pairs ({args.size}x{args.size}, {kind}) to '
@@ -668,6 +614,11 @@ def main(argv=None, prog=None):
         print(f'  {split}: dataroot_gt: {paths[split]["gt"]}  dataroot_lq: {paths[split]["lq"]}')
     print(f'  parameters, photo split and per-pair blur statistics: {paths["meta"]}')
     return 0
+
+
+def main(argv=None, prog='basicsr-mh make-data'):
+    """Command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    return run(make_data_parser(prog).parse_args(argv), prog)
 
 
 if __name__ == '__main__':

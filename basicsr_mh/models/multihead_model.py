@@ -536,6 +536,24 @@ class MultiHeadImageRestorationModel(SRModel):
         scores.update(per_head_many(heads, gt, on_images))  # a PSNR and an SSIM entry share one pass
         return {name: scores[name] for name in metrics_opt}
 
+    def _named_head_scores(self, heads, metrics_opt, dataset_name, val_data):
+        """:meth:`head_scores` on ``self.gt``; a metric that fails raises a RuntimeError naming the metric, the dataset
+        and the image (a metric inside BasicSR, e.g. NIQE on a small image, fails with no such context)."""
+        try:
+            return self.head_scores(heads, self.gt, metrics_opt)
+        except Exception as err:  # noqa: BLE001  (re-raised with the context below)
+            failing = next(iter(metrics_opt))
+            for name in metrics_opt:  # which one: each alone
+                try:
+                    self.head_scores(heads, self.gt, {name: metrics_opt[name]})
+                except Exception:  # noqa: BLE001
+                    failing = name
+                    break
+            image = (val_data.get('lq_path') or ['?'])[0]
+            raise RuntimeError(f'val.metrics.{failing} ({metrics_opt[failing].get("type")}) failed on dataset '
+                               f'{dataset_name}, image {image}: {type(err).__name__}: {err}. Fix: check that metric\'s '
+                               'options, or remove it from val.metrics for this dataset.') from err
+
     def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
         """Each rank validates a shard (indices rank::world_size); the sums are reduced, so all ranks agree."""
         dataset = dataloader.dataset
@@ -563,7 +581,7 @@ class MultiHeadImageRestorationModel(SRModel):
             heads = self.heads_output()
             scores = {}
             if with_metrics and hasattr(self, 'gt'):
-                scores = self.head_scores(heads, self.gt, metrics_opt)
+                scores = self._named_head_scores(heads, metrics_opt, dataset_name, val_data)
                 accumulator.add(scores)
             if save_img:
                 self._save_images(val_data, heads, scores.get(first_metric), metrics_opt.get(first_metric), save_all,

@@ -13,7 +13,6 @@ Writes to ``--out`` (default ``results/<name>/analysis``):
   each image's best head), the best single head (Eq. 7b), the checkpoint's ``best_head``, the selection rules
   ``consensus``/``mean``/``sharpness`` (:mod:`basicsr_mh.tools.selection`), and the per-image worst head.
 """
-import argparse
 import cv2
 import json
 import math
@@ -24,9 +23,9 @@ from tqdm import tqdm
 
 from basicsr_mh.archs.multihead_arch import image_scores
 from basicsr_mh.metrics import per_head
+from basicsr_mh_cli.parsers import analyze_parser
 from ..metrics import RGB_PSNR_SSIM
-from .common import (MULTIHEAD_META_KEY, ToolError, add_model_arguments, head_name, head_pairs, load_model,
-                     read_options, run_tool)
+from .common import MULTIHEAD_META_KEY, ToolError, head_name, head_pairs, load_model, read_options, run_tool
 from .guards import output_file
 from .infer import pick_device
 from .runner import HeadRunner
@@ -325,33 +324,6 @@ def _write_outputs(out_dir, table, net):
         [100 * table['win_rates'][lab] for lab in labels], 'per-image oracle wins', 'win rate (%)')
 
 
-def build_parser(prog=None):
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description='On the validation/test set of an option file: residual heatmaps between heads (Fig. 3/4), the '
-        'pairwise-head PSNR matrix (Fig. 6), head win rates, and selection rules vs the oracle (Eq. 7a/7b).')
-    add_model_arguments(
-        parser, 'test option file (network_g, datasets with GT, '
-        'path.pretrain_network_g unless --ckpt, val.metrics)')
-    parser.add_argument('--out', help='output folder (default: results/<name>/analysis)')
-    parser.add_argument('--dataset', help='dataset key or name (default: the first that is not train)')
-    parser.add_argument('--max-images', type=int, help='analyze the first N images only')
-    parser.add_argument(
-        '--pair',
-        help='base-head pair i,j for the signed-difference maps (default: per image the '
-        'pair that differs most)')
-    parser.add_argument(
-        '--tile',
-        type=int,
-        default=0,
-        help='tile images larger than this (default 0: whole images, '
-        'as BasicSR validation)')
-    parser.add_argument('--tile-overlap', type=int, default=32)
-    parser.add_argument('--device', help='cpu, cuda (default: cuda when available)')
-    parser.add_argument('--quiet', action='store_true')
-    return parser
-
-
 def _run(args):
     opt = read_options(args.opt)
     out = args.out or os.path.join('results', str(opt.get('name', 'analysis')), 'analysis')
@@ -381,7 +353,12 @@ def _run(args):
     return 0
 
 
-def main(argv=None, prog=None):
-    """Command line; returns the exit code (0; 1 with a one-line error)."""
-    args = build_parser(prog).parse_args(argv)
-    return run_tool(prog or 'analyze', _run, args)
+def run(args, prog='basicsr-mh analyze'):
+    """``basicsr-mh analyze`` with parsed arguments (:func:`basicsr_mh_cli.parsers.analyze_parser`); returns the exit
+    code (0; 1 with a one-line error)."""
+    return run_tool(prog, _run, args)
+
+
+def main(argv=None, prog='basicsr-mh analyze'):
+    """Command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    return run(analyze_parser(prog).parse_args(argv), prog)

@@ -30,26 +30,6 @@ def run_tool(prog, func, args):
         return 1
 
 
-def add_model_arguments(parser, opt_help):
-    """Add the ``--opt`` / ``--ckpt`` / ``--param-key`` flags that ``infer`` and ``analyze`` share."""
-    parser.add_argument('--opt', required=True, help=opt_help)
-    parser.add_argument('--ckpt', help='checkpoint (default: path.pretrain_network_g of --opt)')
-    parser.add_argument(
-        '--param-key',
-        help='checkpoint entry (default: path.param_key_g, else params_ema when '
-        'present, else params)')
-    add_trust_argument(parser)
-
-
-def add_trust_argument(parser):
-    """Add ``--trust-checkpoint``: load a checkpoint that needs more than ``weights_only=True`` (can run code)."""
-    parser.add_argument(
-        '--trust-checkpoint',
-        action='store_true',
-        help='load a checkpoint that holds pickled objects beyond tensors and plain containers (this can run code '
-        'from the file: only for files from a source you trust; path.trust_checkpoint: true does the same)')
-
-
 def read_options(path):
     """Parse a BasicSR option file (YAML) into a dict."""
     if not os.path.isfile(path):

@@ -16,7 +16,6 @@ heads of that stage are equal (``R_k = mean``); otherwise it depends on every he
 plain stage output cannot carry, and export is refused. With ``feed_all_heads: false`` later stages read the mean
 and every head exports exactly.
 """
-import argparse
 import os
 import torch
 from collections import OrderedDict
@@ -24,8 +23,9 @@ from collections import OrderedDict
 from basicsr_mh.archs.multihead_arch import MultiHeadArch, _get_submodule
 from basicsr_mh.models.checkpoint import atomic_torch_save, checkpoint_trust, read_checkpoint
 from basicsr_mh.version import __version__
-from .common import (MEAN_HEAD, MULTIHEAD_META_KEY, ToolError, add_trust_argument, build_net, check_meta, final_output,
-                     final_output_index, head_name, load_state, parse_head, read_options, run_tool, state_of)
+from basicsr_mh_cli.parsers import export_parser
+from .common import (MEAN_HEAD, MULTIHEAD_META_KEY, ToolError, build_net, check_meta, final_output, final_output_index,
+                     head_name, load_state, parse_head, read_options, run_tool, state_of)
 
 EXPORT_META_KEY = 'exported_from'
 _EQUAL_RTOL = 1e-6
@@ -173,24 +173,6 @@ def export_head(ckpt_path, opt, head='best', out_path=None, verify=True, trust=F
     return saved
 
 
-def build_parser(prog=None):
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description='Write one head of a multi-head checkpoint as a plain backbone checkpoint (BasicSR layout) that '
-        'the stock architecture loads with strict=True; a combined head i+j is exact (averaged output-layer blocks).')
-    parser.add_argument('--ckpt', help='multi-head checkpoint (default: path.pretrain_network_g of --opt)')
-    parser.add_argument('--opt', required=True, help='the option file the checkpoint was trained with')
-    parser.add_argument(
-        '--head',
-        default='best',
-        help='best (multihead.best_head of the checkpoint), mean (the average of all heads: the backbone\'s own '
-        'output path), an extended head N (3 or h3), or a pair i+j (default: best)')
-    parser.add_argument('--out', required=True, help='output .pth (never overwritten)')
-    parser.add_argument('--no-verify', action='store_true', help='skip the probe comparison with the multi-head net')
-    add_trust_argument(parser)
-    return parser
-
-
 def _run(args):
     opt = read_options(args.opt)
     ckpt = args.ckpt or (opt.get('path') or {}).get('pretrain_network_g')
@@ -205,7 +187,12 @@ def _run(args):
     return 0
 
 
-def main(argv=None, prog=None):
-    """Command line; returns the exit code (0; 1 with a one-line error)."""
-    args = build_parser(prog).parse_args(argv)
-    return run_tool(prog or 'export', _run, args)
+def run(args, prog='basicsr-mh export'):
+    """``basicsr-mh export`` with parsed arguments (:func:`basicsr_mh_cli.parsers.export_parser`); returns the exit code
+    (0; 1 with a one-line error)."""
+    return run_tool(prog, _run, args)
+
+
+def main(argv=None, prog='basicsr-mh export'):
+    """Command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    return run(export_parser(prog).parse_args(argv), prog)

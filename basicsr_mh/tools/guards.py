@@ -11,10 +11,8 @@ import warnings
 from PIL import Image
 
 from basicsr_mh.models.checkpoint import atomic_file
+from basicsr_mh_cli.parsers import DEFAULT_MAX_PIXELS  # noqa: F401  (100 megapixels; 0 turns the limit off)
 from .common import ToolError
-
-#: ``infer --max-pixels`` default: 100 megapixels (a 12000 x 8000 photo fits; 0 turns the limit off).
-DEFAULT_MAX_PIXELS = 100_000_000
 
 
 def header_size(path):

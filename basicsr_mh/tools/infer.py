@@ -9,7 +9,6 @@ before it is decoded (:mod:`basicsr_mh.tools.guards`). Grayscale images run thro
 to RGB and are written gray; a 1-channel network restores colour images channel by channel. 16-bit inputs give 16-bit
 PNGs. Unreadable files are reported by name and skipped.
 """
-import argparse
 import csv
 import cv2
 import io
@@ -19,11 +18,11 @@ import torch
 from tqdm import tqdm
 
 from basicsr_mh.archs.multihead_arch import _find_in_channels
-from .common import (MEAN_HEAD, ToolError, add_model_arguments, head_name, head_pairs, load_model, parse_head,
-                     read_options, run_tool)
-from .guards import DEFAULT_MAX_PIXELS, output_file, oversized_image, write_atomic
+from basicsr_mh_cli.parsers import infer_parser
+from .common import MEAN_HEAD, ToolError, head_name, head_pairs, load_model, parse_head, read_options, run_tool
+from .guards import output_file, oversized_image, write_atomic
 from .runner import HeadRunner
-from .selection import RULES, SCORED_RULES, select
+from .selection import SCORED_RULES, select
 
 
 def list_inputs(path):
@@ -137,41 +136,6 @@ def pick_device(name):
     return name
 
 
-def build_parser(prog=None):
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description='Deblur images of any size with a (multi-head) model; write PNGs to --output. Heads: the '
-        'checkpoint\'s best head, all heads, one head, or a per-image selection rule that needs no ground truth.')
-    add_model_arguments(parser, 'test or train option file (network_g; path.pretrain_network_g '
-                        'unless --ckpt)')
-    parser.add_argument('--input', required=True, help='an image or a folder of images')
-    parser.add_argument('--output', required=True, help='output folder (created; never the input folder)')
-    parser.add_argument(
-        '--heads',
-        help='best (default; multihead.best_head), mean (the average of all heads), all (K\' files per '
-        'image), or one head '
-        'N / hN / i+j')
-    parser.add_argument(
-        '--select',
-        choices=RULES,
-        help='pick per image: consensus (medoid head), mean (average of the heads), sharpness (highest Laplacian '
-        'variance), scores (the top-scored head) or scored-mean (per pixel, the heads weighted by their scores); '
-        'the last two need network_g.head_scores: true')
-    parser.add_argument(
-        '--tile', type=int, default=512, help='tile larger images into tiles of this side; 0: never '
-        '(default 512)')
-    parser.add_argument('--tile-overlap', type=int, default=32, help='overlap of tiles, blended (default 32)')
-    parser.add_argument(
-        '--max-pixels',
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help='skip images whose header claims more pixels, before decoding them (default '
-        f'{DEFAULT_MAX_PIXELS:,}; 0: no limit)')
-    parser.add_argument('--device', help='cpu, cuda, cuda:1 (default: cuda when available)')
-    parser.add_argument('--quiet', action='store_true', help='no progress bar')
-    return parser
-
-
 def _run(args):
     if args.select and args.heads:
         raise ToolError('--heads and --select exclude each other: --select picks one head per image.')
@@ -245,7 +209,12 @@ def _run(args):
     return 0 if done else 1
 
 
-def main(argv=None, prog=None):
-    """Command line; returns the exit code (0; 1 when nothing could be read or on a one-line error)."""
-    args = build_parser(prog).parse_args(argv)
-    return run_tool(prog or 'infer', _run, args)
+def run(args, prog='basicsr-mh infer'):
+    """``basicsr-mh infer`` with parsed arguments (:func:`basicsr_mh_cli.parsers.infer_parser`); returns the exit code
+    (0; 1 when nothing could be read or on a one-line error)."""
+    return run_tool(prog, _run, args)
+
+
+def main(argv=None, prog='basicsr-mh infer'):
+    """Command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    return run(infer_parser(prog).parse_args(argv), prog)

@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from basicsr_mh.archs.multihead_arch import image_scores
+from basicsr_mh_cli.parsers import SCORED_RULES  # noqa: F401  (the rules that need the score branch's logits)
+from basicsr_mh_cli.parsers import SELECTION_RULES as RULES
 
-RULES = ('consensus', 'mean', 'sharpness', 'scores', 'scored-mean')
-#: The rules that need the score branch's logits.
-SCORED_RULES = ('scores', 'scored-mean')
 _LAPLACE = torch.tensor([[0., 1., 0.], [1., -4., 1.], [0., 1., 0.]])
 
 
