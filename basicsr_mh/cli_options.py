@@ -103,6 +103,26 @@ def load_option_file(path):
             raise ValueError(f'{path} is not valid YAML: {err}') from None
 
 
+def import_user_modules(modules, where):
+    """Import each module name of ``modules`` (the user's package registering archs, models, losses, datasets), with
+    the current directory searched first as ``python -m`` does. ``where`` names the source for errors (``--import``
+    or ``imports`` of an option file). Raises ValueError naming the module and the fix."""
+    import importlib
+    import sys
+    if isinstance(modules, str) or not isinstance(modules, (list, tuple)) or \
+            not all(isinstance(m, str) and m for m in modules):
+        raise ValueError(f'{where} must be a list of module names, got {modules!r}. Fix: e.g. `imports: '
+                         '[myproject.archs]`.')
+    if modules and os.getcwd() not in sys.path and '' not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ValueError(f'{where} {name}: {type(err).__name__}: {err}. Fix: run from the folder that holds '
+                             f'the package, or install it (`pip install -e .`), or correct the name.') from err
+
+
 def parse_options(root_path, is_train=True, argv=None, prog='basicsr-mh'):
     """Parse the command line ``argv`` (default: ``sys.argv[1:]``) and the YAML file into BasicSR's option dict.
 
@@ -126,9 +146,11 @@ def options_from_args(root_path, is_train, args):
     """
     if not osp.isfile(args.opt):
         raise FileNotFoundError(f'Option file "{args.opt}" does not exist. Fix: pass -opt path/to/options.yml.')
+    import_user_modules(args.imports, '--import')
     opt = load_option_file(args.opt)
     if not isinstance(opt, dict):
         raise ValueError(f'Option file "{args.opt}" is not a YAML mapping.')
+    import_user_modules(opt.get('imports') or [], f'{args.opt}: imports')
     for key in ('name', 'datasets'):
         if key not in opt:
             raise ValueError(f'Option file "{args.opt}" has no `{key}`. Fix: add it (see options/ for examples).')

@@ -46,12 +46,33 @@ def backbone_arguments(arch_type):
     return names, any(p.kind == p.VAR_KEYWORD for p in params)
 
 
+def _default_values(arch_type):
+    """{argument: default} of the registered architecture's constructor (arguments without a default left out)."""
+    try:
+        params = inspect.signature(ARCH_REGISTRY.get(arch_type).__init__).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def _kind(value):
+    """A coarse type for comparing an option with a default: sequence, number, bool, other."""
+    if isinstance(value, bool):
+        return 'bool'
+    if isinstance(value, (list, tuple)):
+        return 'sequence'
+    if isinstance(value, (int, float)):
+        return 'number'
+    return type(value).__name__
+
+
 def split_short_form(net_opt, key='network_g'):
     """Separate our keys from the backbone's in a short-form ``network_g``.
 
     Our keys (:data:`WRAPPER_KEYS`) are read from a ``multihead:`` block when there is one, else from ``network_g``
     itself. A key that is also an argument of the backbone (SwinIR's ``num_heads``: attention heads) belongs to the
-    backbone when the block is there and is an error naming both meanings when it is not. A key that neither the
+    backbone; without the block it is an error naming both meanings when our other keys stand beside it or its
+    value does not fit the backbone's default (``num_heads: 4`` for SwinIR's list). A key that neither the
     backbone nor we know and that looks like one of ours (``num_head``) is an error with "did you mean".
 
     Args:
@@ -80,14 +101,17 @@ def split_short_form(net_opt, key='network_g'):
                 f'has no such argument. Fix: move it into `{MULTIHEAD_BLOCK}:`.')
         wrapper = dict(block)
     else:
+        ours = [name for name in WRAPPER_KEYS if name in backbone and name not in own]
         clash = [name for name in WRAPPER_KEYS if name in backbone and name in own]
-        if clash:
+        defaults = _default_values(backbone['type'])
+        misfit = [name for name in clash if _kind(backbone[name]) != _kind(defaults.get(name, backbone[name]))]
+        if clash and (ours or misfit):  # our keys were added to a backbone that has one of the same name
             name = clash[0]
             raise ValueError(f'{key}.{name} is ambiguous: {backbone["type"]} has its own `{name}` argument (for '
                              f'{backbone["type"]} it means something else, e.g. attention heads), and basicsr-mh reads '
                              f'`{name}` as its output heads. Fix: keep {backbone["type"]}\'s value where it is and '
                              f'give ours in a block: `{MULTIHEAD_BLOCK}: {{num_heads: 4, combine: true}}` under {key}.')
-        wrapper = {name: backbone.pop(name) for name in WRAPPER_KEYS if name in backbone}
+        wrapper = {name: backbone.pop(name) for name in ours}
     for name in backbone:
         if name == 'type' or name in own:
             continue
@@ -197,9 +221,11 @@ def build_network(net_opt):
         nn.Module: a :class:`~basicsr_mh.archs.multihead_arch.MultiHeadArch` (input (B, C, H, W) -> heads
         (B, K', C, H, W)) or the plain backbone (-> (B, C, H, W)), in training mode on the CPU.
     """
-    from basicsr.archs import build_network as basicsr_build_network
+    import basicsr.archs
+
+    from .hooks import original
     long_form, _ = upgrade_network_options(net_opt)
-    return basicsr_build_network(dict(long_form))
+    return original(basicsr.archs.build_network)(dict(long_form))
 
 
 def upgrade_options(opt, notes=None):

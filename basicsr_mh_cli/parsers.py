@@ -35,6 +35,7 @@ def train_test_parser(prog, is_train):
     parser.add_argument('--auto_resume', action='store_true', help='resume from the latest training state')
     parser.add_argument('--debug', action='store_true', help='debug mode: name prefixed debug_, frequent logs')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_import_argument(parser)
     parser.add_argument(
         '--force_yml',
         nargs='+',
@@ -42,6 +43,19 @@ def train_test_parser(prog, is_train):
         metavar='KEY:SUB=VALUE',
         help='override options, e.g. train:ema_decay=0.999 network_g:num_heads=2')
     return parser
+
+
+def add_import_argument(parser):
+    """Add ``--import MODULE`` (repeatable): modules of the user's code that register archs, models, losses or
+    datasets, imported before the option file is read (as its ``imports:`` list)."""
+    parser.add_argument(
+        '--import',
+        dest='imports',
+        action='append',
+        default=[],
+        metavar='MODULE',
+        help='import this module first (your package registering archs/models/losses/datasets into BasicSR); '
+        'repeatable; the current directory is searched first, as with python -m')
 
 
 def add_trust_argument(parser):
@@ -60,6 +74,7 @@ def add_model_arguments(parser, opt_help):
     parser.add_argument(
         '--param-key', help='checkpoint entry (default: path.param_key_g, else params_ema when present, else params)')
     add_trust_argument(parser)
+    add_import_argument(parser)
 
 
 def export_parser(prog=None):
@@ -78,6 +93,7 @@ def export_parser(prog=None):
     parser.add_argument('--out', required=True, help='output .pth (never overwritten)')
     parser.add_argument('--no-verify', action='store_true', help='skip the probe comparison with the multi-head net')
     add_trust_argument(parser)
+    add_import_argument(parser)
     return parser
 
 

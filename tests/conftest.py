@@ -10,6 +10,19 @@ from basicsr_mh.data.example_pairs import make_pair_folder
 from basicsr_mh.metrics import RGB_PSNR_SSIM
 
 #: Whole photos of ``skimage.data`` for the tiny pair folders: four for training, two others for validation.
+#: A Restormer of the published layout (every argument of its option files), shrunk to CPU size.
+TINY_RESTORMER = dict(
+    type='Restormer',
+    inp_channels=3,
+    out_channels=3,
+    dim=8,
+    num_blocks=[1, 1, 1, 1],
+    num_refinement_blocks=1,
+    heads=[1, 1, 1, 1],
+    ffn_expansion_factor=2,
+    bias=False,
+    LayerNorm_type='WithBias',
+    dual_pixel_task=False)
 PHOTOS = ('astronaut', 'coffee', 'rocket', 'chelsea', 'retina', 'immunohistochemistry')
 
 

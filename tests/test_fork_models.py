@@ -13,7 +13,7 @@ import torch
 from basicsr.data import build_dataset
 from basicsr.models import build_model
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
-from conftest import tiny_datasets, write_options
+from conftest import TINY_RESTORMER, tiny_datasets, write_options
 from torch.utils.data import DataLoader
 
 from basicsr_mh.models import ImageCleanModel, ImageRestorationModel, MultiHeadImageRestorationModel
@@ -439,18 +439,7 @@ def nafnet_fork_options(pair_data, name, heads):
 def _restormer_net(heads):
     if 'Restormer' not in ARCH_REGISTRY:
         return _nafnet(heads)
-    net = dict(
-        type='Restormer',
-        inp_channels=3,
-        out_channels=3,
-        dim=8,
-        num_blocks=[1, 1, 1, 1],
-        num_refinement_blocks=1,
-        heads=[1, 1, 1, 1],
-        ffn_expansion_factor=2,
-        bias=False,
-        LayerNorm_type='WithBias',
-        dual_pixel_task=False)
+    net = dict(TINY_RESTORMER)
     if heads:
         net.update(num_heads=K, combine=True)
     return net

@@ -69,7 +69,7 @@ def test_unknown_loss_and_model_type(pair_data):
         upgrade_options(opt, notes=[])
     opt = srmodel_options(pair_data, 'bad')
     opt['model_type'] = 'SRGANModel'
-    with pytest.raises(ValueError, match='no multi-head counterpart'):
+    with pytest.raises(ValueError, match='SRGANModel trains with its own init_training_settings, optimize_parameters'):
         upgrade_options(opt, notes=[])
 
 

@@ -325,7 +325,7 @@ def _write_outputs(out_dir, table, net):
 
 
 def _run(args):
-    opt = read_options(args.opt)
+    opt = read_options(args.opt, args.imports)
     out = args.out or os.path.join('results', str(opt.get('name', 'analysis')), 'analysis')
     pair = None
     if args.pair:

@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 from basicsr_mh import compat  # noqa: F401  (must precede any basicsr import)
 from basicsr_mh.archs.multihead_arch import MultiHeadArch, head_pair_name
-from basicsr_mh.cli_options import load_option_file
+from basicsr_mh.cli_options import import_user_modules, load_option_file
 from basicsr_mh.models.checkpoint import checkpoint_trust, read_checkpoint
 from basicsr_mh.options import upgrade_network_options
 
@@ -30,11 +30,15 @@ def run_tool(prog, func, args):
         return 1
 
 
-def read_options(path):
-    """Parse a BasicSR option file (YAML) into a dict."""
+def read_options(path, imports=()):
+    """Parse a BasicSR option file (YAML) into a dict, after importing the modules of ``imports`` (``--import``) and
+    of the file's ``imports:`` list (the user's code that registers its archs)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'Option file "{path}" does not exist.')
+    import_user_modules(list(imports), '--import')
     opt = load_option_file(path)
+    if isinstance(opt, dict):
+        import_user_modules(opt.get('imports') or [], f'{path}: imports')
     if not isinstance(opt, dict) or not isinstance(opt.get('network_g'), dict):
         raise ToolError(f'{path}: no `network_g` section; pass the option file the model was trained or tested with.')
     return opt

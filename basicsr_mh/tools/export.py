@@ -174,7 +174,7 @@ def export_head(ckpt_path, opt, head='best', out_path=None, verify=True, trust=F
 
 
 def _run(args):
-    opt = read_options(args.opt)
+    opt = read_options(args.opt, args.imports)
     ckpt = args.ckpt or (opt.get('path') or {}).get('pretrain_network_g')
     if not ckpt:
         raise ToolError('no checkpoint: pass --ckpt or set path.pretrain_network_g in the option file.')

@@ -143,7 +143,7 @@ def _run(args):
     files = list_inputs(args.input)
     if not files:
         raise ToolError(f'--input "{args.input}" holds no files.')
-    opt = read_options(args.opt)
+    opt = read_options(args.opt, args.imports)
     net, net_opt, checkpoint, _, ckpt = load_model(opt, args.ckpt, args.param_key, args.trust_checkpoint)
     num_outputs = len(head_pairs(net))
     heads_spec = args.heads or 'best'
