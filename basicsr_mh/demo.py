@@ -2,19 +2,20 @@
 
 What it does, all under ``--out DIR`` (refused when ``DIR`` exists and is not empty):
 
-1. ``DIR/data``: GoPro-style blurred/sharp pairs made from the photos bundled with scikit-image
-   (:func:`basicsr_mh.data.gopro_synth.make_dataset`);
-2. ``DIR/options/*.yml``: two option files made from the embedded template :data:`TEMPLATE` (a dict, so the demo
-   works after ``pip install`` from any directory), identical but for ``num_heads: 4, combine: true`` and the name;
+1. ``DIR/data``: blurred/sharp crops of the photos bundled with scikit-image, each with its own motion blur
+   (:func:`basicsr_mh.data.example_pairs.make_example_dataset`, the quick start's data);
+2. ``DIR/options/*.yml``: two option files made from the embedded template :data:`TEMPLATE` (the quick start's
+   network and recipe, as a dict so the demo works after ``pip install`` from any directory), identical but for
+   ``num_heads: 4, combine: true`` and the name; both start at the input (``head_init: identity``);
 3. trains both in this process with :func:`basicsr_mh.train.train_pipeline` (same seed, same batches, same
    iterations; experiments under ``DIR/experiments``), recording every validation's ``metric_results``;
-4. ``DIR/report.md`` (+ ``report.json``): the per-head table of MH-C (PSNR/SSIM per head, Eq. 7a overall, Eq. 7b
-   best single head, worst) next to the single-head baseline, the validation curve ``curve.png`` and the pictures
-   ``blurry.png``, ``sharp.png``, ``single_head.png``, ``best_head.png``, ``heads_heatmap.png`` (paper Fig. 3:
-   normalized absolute differences accumulated over all pairs of extended heads) and ``overview.png``.
+4. ``DIR/report.md`` (+ ``report.json``): the blurry input, the single-head baseline and MH-C (per head, Eq. 7a
+   overall, Eq. 7b best single head, worst), ``curve.png`` (validation PSNR with the input's as a dashed line) and
+   the pictures (:func:`write_pictures`): the crop with the strongest blur, blurry / single-head / MH-C / sharp with
+   per-crop PSNR, beside the paper's Fig. 3 and Fig. 4 with colour bars.
 
-The default preset (NAFNet width 16, 1000 iterations, batch 4 of 64x64 crops, both models) takes about 5-7
-minutes on 2 CPU cores; ``--quick`` (width 8, 20 iterations) takes seconds and is meant for tests.
+The default preset (NAFNet width 16, 3000 iterations, batch 4 of 48x48 crops, both models) takes about 7 minutes
+on 2 quiet CPU cores; ``--quick`` (width 8, 20 iterations) takes seconds and is meant for tests.
 """
 import contextlib
 import copy
@@ -29,6 +30,7 @@ import torch
 import yaml
 
 from basicsr_mh_cli.parsers import demo_parser
+from . import figures
 from .metrics import RGB_PSNR_SSIM
 
 #: The embedded option template (BasicSR option-file layout). ``None`` values are filled per run by
@@ -68,36 +70,39 @@ TEMPLATE = {
             }
         },
     },
-    'network_g': {
+    'network_g': {  # the quick start's network (options/train/Example/NAFNet-width16-MH-C.yml)
         'type': 'NAFNet',
         'img_channel': 3,
         'width': None,
         'middle_blk_num': 1,
-        'enc_blk_nums': [1, 1, 1, 1],
-        'dec_blk_nums': [1, 1, 1, 1]
+        'enc_blk_nums': [1, 1, 1],
+        'dec_blk_nums': [1, 1, 1],
+        'head_init': 'identity',  # both runs start at the input (the multi-head default; set for one head too)
     },
     'path': {
         'pretrain_network_g': None,
         'strict_load_g': True,
         'resume_state': None
     },
-    'train': {
+    'train': {  # the quick start's recipe
+        'ema_decay': 0.999,
         'optim_g': {
-            'type': 'AdamW',
+            'type': 'Adam',
             'lr': 1e-3,
-            'weight_decay': 1e-3,
+            'weight_decay': 0,
             'betas': [0.9, 0.9]
         },
         'scheduler': {
-            'type': 'TrueCosineAnnealingLR',
-            'T_max': None,
-            'eta_min': 1e-6
+            'type': 'CosineAnnealingRestartLR',
+            'periods': None,
+            'restart_weights': [1],
+            'eta_min': 1e-7
         },
         'total_iter': None,
         'warmup_iter': -1,
         'pixel_opt': {
-            'type': 'PSNRLoss',
-            'loss_weight': 1,
+            'type': 'L1Loss',
+            'loss_weight': 1.0,
             'reduction': 'mean'
         },  # MinHeadLoss-wrapped for MH-C
     },
@@ -123,8 +128,10 @@ TEMPLATE = {
 
 #: Sizes of a run. ``default``: measured ~0.13-0.16 s per training step per model on 2 busy CPU cores.
 PRESETS = {
-    'default': dict(width=16, iters=1000, batch=4, patch=64, num_train=96, num_val=12, size=128, val_points=10),
-    'quick': dict(width=8, iters=20, batch=2, patch=32, num_train=8, num_val=2, size=64, val_points=2),
+    'default':
+    dict(width=16, iters=3000, batch=4, patch=48, num_train=96, num_val=4, crop=96, size=128, val_points=6, window=64),
+    'quick':
+    dict(width=8, iters=20, batch=2, patch=32, num_train=8, num_val=2, crop=48, size=48, val_points=2, window=32),
 }
 NUM_HEADS, COMBINE = 4, True
 RUNS = (('single', 'single-head', 1, False), ('mhc', f'MH-C (K={NUM_HEADS}, combine)', NUM_HEADS, COMBINE))
@@ -134,7 +141,8 @@ def make_options(name, data, preset, num_heads, combine, seed):
     """Option dict of one demo run from :data:`TEMPLATE`.
 
     Args:
-        name (str): experiment name. data (dict): :func:`make_dataset`'s return value.
+        name (str): experiment name. data (dict): ``{'train': (gt_dir, lq_dir), 'val': (gt_dir, lq_dir)}``
+            (:func:`basicsr_mh.data.example_pairs.make_example_dataset`, or the folders of any pair dataset).
         preset (dict): a :data:`PRESETS` entry (``iters`` may be overridden). num_heads (int), combine (bool).
         seed (int): ``manual_seed`` (the same for both runs).
     """
@@ -144,16 +152,16 @@ def make_options(name, data, preset, num_heads, combine, seed):
     opt.update(name=name, manual_seed=int(seed))
     train, val = opt['datasets']['train'], opt['datasets']['val']
     train.update(
-        dataroot_gt=data['train']['gt'],
-        dataroot_lq=data['train']['lq'],
+        dataroot_gt=data['train'][0],
+        dataroot_lq=data['train'][1],
         gt_size=preset['patch'],
         batch_size_per_gpu=preset['batch'])
-    val.update(dataroot_gt=data['val']['gt'], dataroot_lq=data['val']['lq'])
+    val.update(dataroot_gt=data['val'][0], dataroot_lq=data['val'][1])
     opt['network_g']['width'] = preset['width']
     if num_heads > 1 or combine:
         opt['network_g'].update(num_heads=num_heads, combine=combine)
     opt['train'].update(total_iter=iters)
-    opt['train']['scheduler']['T_max'] = iters
+    opt['train']['scheduler']['periods'] = [iters]
     opt['val']['val_freq'] = val_freq
     opt['logger'].update(print_freq=max(1, val_freq // 2), save_checkpoint_freq=iters)
     return opt
@@ -241,11 +249,6 @@ def to_tensor(img):
     return torch.from_numpy(img.astype(np.float32) / 255.).permute(2, 0, 1).unsqueeze(0)
 
 
-def to_uint8(tensor):
-    """float (3, H, W) in [0, 1] RGB -> uint8 (H, W, 3) RGB (rounded as BasicSR's ``tensor2img``)."""
-    return (tensor.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.).round().astype(np.uint8)
-
-
 def run_heads(model, lq):
     """The model's (EMA if any) outputs on ``lq`` (1, 3, H, W): (1, K', 3, H, W)."""
     model.feed_data({'lq': lq})
@@ -255,86 +258,58 @@ def run_heads(model, lq):
     return heads
 
 
-def head_difference_heatmap(heads):
-    """Paper Fig. 3: ``sum_{i<j} |h_i - h_j| / max|h_i - h_j|`` normalized to [0, 255], JET colour map.
-
-    Args:
-        heads (Tensor): (K', 3, H, W) floats. Returns: uint8 (H, W, 3) RGB heatmap (zeros when K' < 2).
-    """
-    heads = heads.float()
-    acc = torch.zeros(heads.shape[-2:], dtype=torch.float64)
-    for i in range(heads.shape[0]):
-        for j in range(i + 1, heads.shape[0]):
-            diff = (heads[i] - heads[j]).abs().mean(dim=0).double()
-            peak = float(diff.max())
-            if peak > 0:
-                acc += diff / peak
-    peak = float(acc.max())
-    gray = (acc / peak * 255.).round().to(torch.uint8).numpy() if peak > 0 else np.zeros(acc.shape, np.uint8)
-    return cv2.cvtColor(cv2.applyColorMap(gray, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-
-
 def write_png(path, rgb):
     """Write uint8 RGB ``rgb`` as PNG (cv2 wants BGR)."""
     if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
         raise OSError(f'cannot write {path}')
 
 
-def labelled_row(images, labels, scale=2):
-    """Side-by-side montage of equally sized RGB images, upscaled ``scale`` x (nearest), with captions."""
-    tiles = []
-    for img, label in zip(images, labels):
-        big = cv2.resize(img, (img.shape[1] * scale, img.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
-        band = np.full((22, big.shape[1], 3), 255, np.uint8)
-        cv2.putText(band, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        tiles.append(np.concatenate([band, big], axis=0))
-        tiles.append(np.full((tiles[-1].shape[0], 4, 3), 255, np.uint8))
-    return np.concatenate(tiles[:-1], axis=1)
+def write_pictures(out, name, gt, lq, single, heads, best, window):
+    """The demo's pictures of one validation image; returns the per-crop PSNRs.
 
+    Full images: ``blurry.png``, ``sharp.png``, ``single_head.png``, ``best_head.png`` (MH-C head ``best``);
+    ``heads_heatmap.png``: paper Fig. 3 over the base heads with a colour bar; ``overview.png``: the ``window`` x
+    ``window`` crop where the blur is strongest, zoomed, blurry / single-head / MH-C / sharp with each crop's PSNR,
+    beside Fig. 3 and Fig. 4 (signed difference of the two base heads that differ most) with colour bars.
 
-def line_plot(series, path, title, xlabel, ylabel, size=(720, 420)):
-    """Draw ``series`` = [(label, xs, ys, (r, g, b)), ...] as a line plot PNG with cv2 (no matplotlib needed)."""
-    width, height = size
-    left, right, top, bottom = 70, 20, 40, 60
-    canvas = np.full((height, width, 3), 255, np.uint8)
-    xs = [x for _, sx, _, _ in series for x in sx]
-    ys = [y for _, _, sy, _ in series for y in sy]
-    if not xs:
-        xs, ys = [0, 1], [0, 1]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    if x1 == x0:
-        x0, x1 = x0 - 1, x1 + 1
-    pad = max((y1 - y0) * 0.08, 0.05)
-    y0, y1 = y0 - pad, y1 + pad
-
-    def px(x, y):
-        return (int(round(left + (x - x0) / (x1 - x0) * (width - left - right))),
-                int(round(height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom))))
-
-    black, grey = (0, 0, 0), (215, 215, 215)
-    for k in range(6):
-        yv = y0 + (y1 - y0) * k / 5
-        xv = x0 + (x1 - x0) * k / 5
-        cv2.line(canvas, px(x0, yv), px(x1, yv), grey, 1)
-        cv2.putText(canvas, f'{yv:.2f}', (4, px(x0, yv)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, black, 1, cv2.LINE_AA)
-        cv2.putText(canvas, f'{xv:g}', (px(xv, y0)[0] - 12, height - bottom + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, black,
-                    1, cv2.LINE_AA)
-    cv2.rectangle(canvas, px(x0, y1), px(x1, y0), black, 1)
-    for n, (label, sx, sy, rgb) in enumerate(series):
-        bgr = tuple(int(c) for c in rgb[::-1])
-        points = [px(x, y) for x, y in zip(sx, sy)]
-        for a, b in zip(points[:-1], points[1:]):
-            cv2.line(canvas, a, b, bgr, 2, cv2.LINE_AA)
-        for p in points:
-            cv2.circle(canvas, p, 3, bgr, -1, cv2.LINE_AA)
-        ly = top + 14 + 18 * n
-        cv2.line(canvas, (left + 10, ly - 4), (left + 34, ly - 4), bgr, 2, cv2.LINE_AA)
-        cv2.putText(canvas, label, (left + 40, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.45, black, 1, cv2.LINE_AA)
-    cv2.putText(canvas, title, (left, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.55, black, 1, cv2.LINE_AA)
-    cv2.putText(canvas, xlabel, (width // 2 - 30, height - 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, black, 1, cv2.LINE_AA)
-    cv2.putText(canvas, ylabel, (4, top - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, black, 1, cv2.LINE_AA)
-    write_png(path, cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB))
+    Args:
+        gt, lq (Tensor): (3, H, W) in [0, 1]. single (Tensor): (3, H, W). heads (Tensor): (K', 3, H, W).
+        best (int): the MH-C head shown (the checkpoint's best single head).
+    """
+    from .archs.multihead_arch import extended_head_pairs, head_pair_name
+    from .metrics import per_head
+    psnr_opt = TEMPLATE['val']['metrics']['psnr']
+    base = heads[[extended_head_pairs(NUM_HEADS, COMBINE).index((k, k)) for k in range(NUM_HEADS)]]
+    images = {'blurry': lq, 'sharp': gt, 'single_head': single, 'best_head': heads[best]}
+    for key, img in images.items():
+        write_png(os.path.join(out, f'{key}.png'), figures.to_uint8(img))
+    residual = figures.residual_map(base).numpy()
+    figures.plot_comparison(
+        os.path.join(out, 'heads_heatmap.png'), [],
+        [('Fig. 3: sum over base-head pairs of |h_i - h_j|', residual, figures.RESIDUAL_CMAP, 0, residual.max())],
+        title=f'{name}: where the MH-C heads disagree')
+    top, left = figures.strongest_blur_window(gt, lq, window)
+    cut = (Ellipsis, slice(top, top + window), slice(left, left + window))
+    crop_psnr = {
+        key: float(per_head(img[cut][None, None], gt[cut][None], psnr_opt)[0, 0])
+        for key, img in images.items() if key != 'sharp'
+    }
+    pair = figures.most_different_pair(base[cut])
+    diff = figures.signed_difference(base[cut], pair).numpy()
+    bound = max(float(np.abs(diff).max()), 1e-12)
+    crop_residual = residual[top:top + window, left:left + window]
+    head = head_pair_name(best, NUM_HEADS, COMBINE)
+    figures.plot_comparison(
+        os.path.join(out, 'overview.png'),
+        [(f"blurry {crop_psnr['blurry']:.2f} dB", figures.to_uint8(lq[cut])),
+         (f"single-head {crop_psnr['single_head']:.2f} dB", figures.to_uint8(single[cut])),
+         (f"MH-C {head} {crop_psnr['best_head']:.2f} dB", figures.to_uint8(heads[best][cut])),
+         ('sharp', figures.to_uint8(gt[cut]))],
+        [('Fig. 3: sum |h_i - h_j|', crop_residual, figures.RESIDUAL_CMAP, 0, crop_residual.max()),
+         (f'Fig. 4: h{pair[0]} - h{pair[1]}', diff, figures.SIGNED_CMAP, -bound, bound)],
+        title=f'{name}, the {window}x{window} crop with the strongest blur (rows {top}-{top + window - 1}, '
+        f'columns {left}-{left + window - 1}); PSNR of the crop')
+    return dict(crop_psnr, window=[top, left, window])
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -351,12 +326,15 @@ def report_markdown(info):
     lines = [
         '# basicsr-mh demo report',
         '',
-        f"NAFNet width {p['width']} (enc/dec blocks [1, 1, 1, 1], middle 1), {p['iters']} iterations, batch "
-        f"{p['batch']} of {p['patch']}x{p['patch']} crops, AdamW 1e-3 with cosine decay, PSNRLoss, seed "
-        f"{info['seed']}, CPU. Both runs use the same seed, data order and iterations; MH-C adds `num_heads: "
-        f"{NUM_HEADS}, combine: true` (K' = {mh.get('num_outputs', 10)} outputs, min-head loss).",
-        f"Data: `{info['data_root']}` - {p['num_train']} train / {p['num_val']} validation GoPro-style pairs of "
-        f"{p['size']}x{p['size']} from scikit-image photos (`basicsr_mh.data.gopro_synth`).",
+        f"NAFNet width {p['width']} (enc/dec blocks [1, 1, 1], middle 1; the quick start's network and recipe), "
+        f"{p['iters']} iterations, batch {p['batch']} of {p['patch']}x{p['patch']} crops, Adam 1e-3 with cosine "
+        f"decay, L1 loss, EMA 0.999, seed {info['seed']}, CPU. Both runs start at the input (`head_init: identity`) "
+        f"and use the same seed, data order and iterations; MH-C adds `num_heads: {NUM_HEADS}, combine: true` "
+        f"(K' = {mh.get('num_outputs', 10)} outputs, min-head loss, annealed assignment).",
+        f"Data: `{info['data_root']}` - {p['num_train']} training crops of {p['crop']}x{p['crop']} from 16 "
+        f"scikit-image photos and {p['num_val']} validation crops of {p['size']}x{p['size']} from two others "
+        "(astronaut, coffee), each blurred by its own straight motion kernel of 5-13 px "
+        "(`basicsr_mh.data.example_pairs`).",
         f"Training time: single-head {info['seconds']['single']:.0f} s, MH-C {info['seconds']['mhc']:.0f} s; "
         f"whole demo {info['seconds']['total']:.0f} s ({info['threads']} CPU thread(s)).",
         '',
@@ -391,9 +369,16 @@ def report_markdown(info):
         '',
         '![PSNR vs iteration](curve.png)',
         '',
-        f"## Pictures (validation image `{info['picture']['name']}`)",
+        f"## Pictures (validation image `{info['picture']['name']}`, the one with the strongest blur)",
         '',
         '![overview](overview.png)',
+        '',
+        f"`overview.png`: the {info['picture']['crop']['window'][2]}x{info['picture']['crop']['window'][2]} crop "
+        'where the blur is strongest, zoomed; the PSNR of each crop is in its title (blurry '
+        f"{_fmt(info['picture']['crop']['blurry'], 2)}, single-head {_fmt(info['picture']['crop']['single_head'], 2)}, "
+        f"MH-C {_fmt(info['picture']['crop']['best_head'], 2)} dB). Right: paper Fig. 3 (summed absolute "
+        'differences over all pairs of base heads; bright: the heads disagree, typically at edges) and Fig. 4 (the '
+        'signed difference of the two base heads that differ most), each with its colour bar.',
         '',
         '| file | what |',
         '| --- | --- |',
@@ -404,8 +389,8 @@ def report_markdown(info):
         f"({_fmt(info['picture']['best_psnr'], 2)} dB; this image's best head is "
         f"{head_pair_name(info['picture']['image_best'], NUM_HEADS, COMBINE)} at "
         f"{_fmt(info['picture']['image_best_psnr'], 2)} dB) |",
-        '| `heads_heatmap.png` | paper Fig. 3: normalized absolute differences between the MH-C outputs, accumulated '
-        'over all pairs of extended heads (brighter: heads disagree) |',
+        '| `heads_heatmap.png` | paper Fig. 3 on the whole image, with its colour bar |',
+        '| `curve.png` | validation PSNR during training; the dashed line is the blurry input |',
         '',
         'This is a CPU-sized toy: the numbers show the mechanics (Eq. 7a >= Eq. 7b >= worst), not the paper\'s GoPro '
         'results.',
@@ -430,78 +415,70 @@ def auto_threads():
 def run_demo(out, preset_name='default', iters=None, seed=10, verbose=False, threads=None):
     """Run the whole demo into ``out`` (see the module docstring); returns the path of ``report.md``.
 
-    ``threads``: torch CPU threads (default :func:`auto_threads`).
+    ``threads``: torch CPU threads for the demo (default :func:`auto_threads`); the previous setting is restored.
     """
-    from .data.gopro_synth import check_out_dir, make_dataset
+    from .data.example_pairs import make_example_dataset
+    from .data.gopro_synth import check_out_dir
     from .metrics import per_head
 
     t_start = time.time()
     check_out_dir(out)
-    threads = int(threads) if threads else auto_threads()
-    torch.set_num_threads(threads)
-    out = os.path.abspath(out)
     preset = dict(PRESETS[preset_name])
     if iters is not None:
         if int(iters) < 1:
             raise ValueError(f'--iters must be >= 1, got {iters}.')
         preset['iters'] = int(iters)
-    os.makedirs(out, exist_ok=True)
-    print(f'basicsr-mh demo ({preset_name}, {threads} CPU thread(s)): data -> {out}/data', flush=True)
-    data = make_dataset(
-        os.path.join(out, 'data'),
-        num_train=preset['num_train'],
-        num_val=preset['num_val'],
-        size=preset['size'],
-        seed=seed,
-        progress=False,
-        workers=2)
-    models, curves, seconds = {}, {}, {}
-    for key, label, num_heads, combine in RUNS:
-        name = f"demo_NAFNet-width{preset['width']}" + ('' if num_heads == 1 else '-MH-C')
-        print(f"basicsr-mh demo: training {label}, {preset['iters']} iterations ...", flush=True)
-        opt = make_options(name, data, preset, num_heads, combine, seed)
-        models[key], curves[key], seconds[key] = train_one(out, opt, verbose, label)
-    results = {key: dict(curves[key][-1], num_outputs=int(getattr(models[key], 'num_outputs', 1))) for key in models}
+    threads = int(threads) if threads else auto_threads()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = os.path.abspath(out)
+        os.makedirs(out, exist_ok=True)
+        print(f'basicsr-mh demo ({preset_name}, {threads} CPU thread(s)): data -> {out}/data', flush=True)
+        data = make_example_dataset(
+            os.path.join(out, 'data'), preset['num_train'], preset['num_val'], preset['crop'], preset['size'], seed)
+        models, curves, seconds = {}, {}, {}
+        for key, label, num_heads, combine in RUNS:
+            name = f"demo_NAFNet-width{preset['width']}" + ('' if num_heads == 1 else '-MH-C')
+            print(f"basicsr-mh demo: training {label}, {preset['iters']} iterations ...", flush=True)
+            opt = make_options(name, data, preset, num_heads, combine, seed)
+            models[key], curves[key], seconds[key] = train_one(out, opt, verbose, label)
+        results = {
+            key: dict(curves[key][-1], num_outputs=int(getattr(models[key], 'num_outputs', 1)))
+            for key in models
+        }
 
-    metric_opts = TEMPLATE['val']['metrics']
-    val_gt, val_lq = data['val']['gt'], data['val']['lq']
-    names = sorted(os.listdir(val_gt))
-    sums = {'psnr': 0.0, 'ssim': 0.0}
-    pics = None
-    for index, fname in enumerate(names):
-        gt, lq = to_tensor(read_rgb(os.path.join(val_gt, fname))), to_tensor(read_rgb(os.path.join(val_lq, fname)))
-        for m, mopt in metric_opts.items():
-            sums[m] += float(per_head(lq.unsqueeze(1), gt, mopt)[0, 0])
-        if index == 0:
-            pics = (fname, gt, lq)
-    input_scores = {m: v / len(names) for m, v in sums.items()}
+        metric_opts = TEMPLATE['val']['metrics']
+        val_gt, val_lq = data['val']
+        names = sorted(os.listdir(val_gt))
+        sums = {m: 0.0 for m in metric_opts}
+        strongest = (-1.0, None)
+        for fname in names:
+            gt, lq = to_tensor(read_rgb(os.path.join(val_gt, fname))), to_tensor(read_rgb(os.path.join(val_lq, fname)))
+            for m, mopt in metric_opts.items():
+                sums[m] += float(per_head(lq.unsqueeze(1), gt, mopt)[0, 0])
+            blur = float((gt - lq).abs().mean())
+            if blur > strongest[0]:
+                strongest = (blur, (fname, gt, lq))
+        input_scores = {m: v / len(names) for m, v in sums.items()}
 
-    fname, gt, lq = pics
-    single_out = run_heads(models['single'], lq)
-    mh_out = run_heads(models['mhc'], lq)
-    best = int(results['mhc']['best_head'])
-    single_psnr = float(per_head(single_out, gt, metric_opts['psnr'])[0, 0])
-    mh_psnr = per_head(mh_out, gt, metric_opts['psnr'])[0]
-    pictures = {
-        'blurry': to_uint8(lq[0]),
-        'sharp': to_uint8(gt[0]),
-        'single_head': to_uint8(single_out[0, 0]),
-        'best_head': to_uint8(mh_out[0, best]),
-        'heads_heatmap': head_difference_heatmap(mh_out[0])
-    }
-    for key, img in pictures.items():
-        write_png(os.path.join(out, f'{key}.png'), img)
-    write_png(
-        os.path.join(out, 'overview.png'),
-        labelled_row(list(pictures.values()), ['blurry', 'sharp', 'single-head', f'MH-C h{best}', 'heads diff']))
-    line_plot([('single-head', [r['iter'] for r in curves['single']], [r['psnr']
-                                                                       for r in curves['single']], (31, 119, 180)),
-               ('MH-C best single head (Eq. 7b)', [r['iter']
-                                                   for r in curves['mhc']], [r['psnr']
-                                                                             for r in curves['mhc']], (214, 39, 40)),
-               ('MH-C overall (Eq. 7a)', [r['iter'] for r in curves['mhc']], [r['psnr_overall']
-                                                                              for r in curves['mhc']], (255, 127, 14))],
-              os.path.join(out, 'curve.png'), 'Validation PSNR', 'iteration', 'PSNR (dB)')
+        fname, gt, lq = strongest[1]
+        single_out = run_heads(models['single'], lq)[0, 0]
+        mh_out = run_heads(models['mhc'], lq)[0]
+        best = int(results['mhc']['best_head'])
+        mh_psnr = per_head(mh_out[None], gt, metric_opts['psnr'])[0]
+        crops = write_pictures(out, fname, gt[0], lq[0], single_out, mh_out, best, preset['window'])
+        figures.plot_curves(
+            os.path.join(out, 'curve.png'),
+            [('single-head', [r['iter'] for r in curves['single']], [r['psnr'] for r in curves['single']]),
+             ('MH-C best single head (Eq. 7b)', [r['iter'] for r in curves['mhc']], [r['psnr'] for r in curves['mhc']]),
+             ('MH-C overall (Eq. 7a)', [r['iter'] for r in curves['mhc']], [r['psnr_overall'] for r in curves['mhc']])],
+            'Validation PSNR',
+            'iteration',
+            'PSNR (dB)',
+            levels=[('blurry input', input_scores['psnr'])])
+    finally:
+        torch.set_num_threads(previous_threads)
 
     seconds['total'] = time.time() - t_start
     info = {
@@ -509,17 +486,18 @@ def run_demo(out, preset_name='default', iters=None, seed=10, verbose=False, thr
         'preset': preset,
         'seed': seed,
         'threads': threads,
-        'data_root': os.path.relpath(data['root'], out),
+        'data_root': os.path.relpath(os.path.dirname(os.path.dirname(data['train'][0])), out),
         'results': results,
         'curves': curves,
         'seconds': seconds,
         'input': input_scores,
         'picture': {
             'name': fname,
-            'single_psnr': single_psnr,
+            'single_psnr': float(per_head(single_out[None, None], gt, metric_opts['psnr'])[0, 0]),
             'best_psnr': float(mh_psnr[best]),
             'image_best': int(torch.argmax(mh_psnr)),
-            'image_best_psnr': float(mh_psnr.max())
+            'image_best_psnr': float(mh_psnr.max()),
+            'crop': crops,
         },
     }
     report = os.path.join(out, 'report.md')

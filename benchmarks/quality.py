@@ -37,7 +37,7 @@ import basicsr_mh  # noqa: F401  (torchvision alias, before basicsr)
 # isort: on
 import torch
 
-from basicsr_mh import demo
+from basicsr_mh import demo, figures
 
 PRESETS = {
     'smoke':
@@ -240,7 +240,7 @@ def aggregate(runs):
 def input_scores(data):
     """Mean PSNR/SSIM of the blurry validation inputs against their labels (the identity's score)."""
     from basicsr_mh.metrics import per_head
-    val_gt, val_lq = data['val']['gt'], data['val']['lq']
+    val_gt, val_lq = data['val']
     names = sorted(os.listdir(val_gt))
     sums = {m: 0.0 for m in demo.TEMPLATE['val']['metrics']}
     for fname in names:
@@ -363,14 +363,7 @@ def plot(rows, path, title):
                                                                                  'best single head (7b)')):
             series.append((f'{what}, {tag}', [r['num_heads'] for r in sel], [r['aggregate'][key]['mean'] for r in sel],
                            [r['aggregate'][key]['std'] for r in sel], colour))
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        demo.line_plot([(label, xs, ys, tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)))
-                        for label, xs, ys, _, c in series], path, title, 'K (heads)', 'PSNR (dB)')
-        return 'cv2'
+    plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for label, xs, ys, errs, colour in series:
         ax.errorbar(
@@ -449,9 +442,10 @@ def write_json_md(stem, payload, text):
 
 
 def make_preset_data(work, preset):
-    """The generated GoPro-style pairs of a preset under ``work/data`` (generator seed 0, default settings)."""
+    """The generated GoPro-style pairs of a preset under ``work/data`` (generator seed 0, default settings), as
+    ``{'train': (gt_dir, lq_dir), 'val': (gt_dir, lq_dir)}`` (what :func:`basicsr_mh.demo.make_options` takes)."""
     from basicsr_mh.data.gopro_synth import make_dataset
-    return make_dataset(
+    paths = make_dataset(
         os.path.join(work, 'data'),
         num_train=preset['num_train'],
         num_val=preset['num_val'],
@@ -460,6 +454,7 @@ def make_preset_data(work, preset):
         progress=False,
         workers=max(2, min(16,
                            os.cpu_count() or 2)))
+    return {split: (paths[split]['gt'], paths[split]['lq']) for split in ('train', 'val')}
 
 
 def main(argv=None):

@@ -99,6 +99,6 @@ def test_without_combine_and_max_images(pair_data, tmp_path):
     matrix = table['psnr_matrix']
     assert len(matrix) == 2 and all(math.isfinite(v) for row in matrix for v in row)
     assert matrix[0][1] == matrix[1][0]
-    assert len(os.listdir(out / 'heatmaps')) == 2
+    assert len(os.listdir(out / 'heatmaps')) == 3  # Fig. 3, Fig. 4 and the figure with colour bars
     assert any('_diff_1-0' in n for n in os.listdir(out / 'heatmaps'))
     assert cli.main(['analyze', '--opt', opt, '--out', str(tmp_path / 'bad'), '--pair', '2,0', '--quiet']) == 1

@@ -1,6 +1,7 @@
 """``basicsr-mh demo --quick``: report, pictures and the Eq. 7 ordering of the reported numbers."""
 import cv2
 import json
+import numpy as np
 import os
 import pytest
 import re
@@ -53,12 +54,18 @@ def test_report_and_table(demo_dir):
 
 def test_pictures(demo_dir):
     size = json.loads((demo_dir / 'report.json').read_text())['preset']['size']
-    for name in ('blurry', 'sharp', 'single_head', 'best_head', 'heads_heatmap'):
+    for name in ('blurry', 'sharp', 'single_head', 'best_head'):
         img = cv2.imread(str(demo_dir / f'{name}.png'), cv2.IMREAD_UNCHANGED)
         assert img is not None and img.shape == (size, size, 3), name
-    for name in ('curve', 'overview'):
+    for name in ('curve', 'overview', 'heads_heatmap'):  # figures with axes, titles and colour bars
         img = cv2.imread(str(demo_dir / f'{name}.png'))
-        assert img is not None and min(img.shape[:2]) > 100, name
+        assert img is not None and min(img.shape[:2]) > 200, name
+    crop = json.loads((demo_dir / 'report.json').read_text())['picture']['crop']
+    top, left, window = crop['window']
+    sharp, blurry = (cv2.imread(str(demo_dir / f'{n}.png'))[top:top + window, left:left + window].astype(float)
+                     for n in ('sharp', 'blurry'))
+    assert crop['blurry'] == pytest.approx(10 * np.log10(255.**2 / ((sharp - blurry)**2).mean()), abs=1e-6)
+    assert f"blurry {crop['blurry']:.2f}" in (demo_dir / 'report.md').read_text()
     assert os.path.isfile(demo_dir / 'options' / 'demo_NAFNet-width8-MH-C.yml')
 
 

@@ -6,6 +6,7 @@ Writes to ``--out`` (default ``results/<name>/analysis``):
   averaged over channels and normalized by its maximum, image size, colour map ``inferno``;
 * ``heatmaps/<image>_diff_<i>-<j>.png`` (Fig. 4): the signed difference ``h_i - h_j`` of one pair (``--pair``, default
   the pair that differs most in that image), normalized by its largest magnitude, blue negative / red positive;
+* ``heatmaps/<image>_figure.png``: input, the image's best head, ground truth, and both maps with colour bars;
 * ``psnr_matrix.png`` (Fig. 6): K x K mean PSNR; cell (i, j) the combined head ``(h_i + h_j) / 2`` (with
   ``combine: false`` computed from the two heads' outputs), the diagonal the single heads;
 * ``win_rates.png``: how often each extended head is an image's best (the oracle's pick, Eq. 7a);
@@ -24,6 +25,8 @@ from tqdm import tqdm
 from basicsr_mh.archs.multihead_arch import image_scores
 from basicsr_mh.metrics import per_head
 from basicsr_mh_cli.parsers import analyze_parser
+from ..figures import (RESIDUAL_CMAP, SIGNED_CMAP, colorize, most_different_pair, plot_bars, plot_comparison,
+                       plot_matrix, residual_map, signed_difference, to_uint8)
 from ..metrics import RGB_PSNR_SSIM
 from .common import MULTIHEAD_META_KEY, ToolError, head_name, head_pairs, load_model, read_options, run_tool
 from .guards import output_file
@@ -34,93 +37,28 @@ from .selection import RULES, SCORED_RULES, select
 DEFAULT_METRICS = RGB_PSNR_SSIM
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def colorize(values, cmap, vmin, vmax):
-    """(H, W) float array -> (H, W, 3) uint8 BGR image through a matplotlib colour map (exact size)."""
-    import matplotlib
-    norm = np.clip((values - vmin) / max(vmax - vmin, 1e-12), 0, 1)
-    rgb = matplotlib.colormaps[cmap](norm)[..., :3]
-    return np.ascontiguousarray((rgb[..., ::-1] * 255).round().astype(np.uint8))
-
-
-def residual_map(base):
-    """(K, C, H, W) base heads -> (H, W): ``sum_{i<j} mean_c |h_i - h_j|``."""
-    total = torch.zeros(base.shape[-2:], dtype=torch.float64)
-    for i in range(base.shape[0]):
-        for j in range(i):
-            total += (base[i] - base[j]).abs().double().mean(dim=0)
-    return total
-
-
-def most_different_pair(base):
-    """The pair (i, j), i > j, of base heads with the largest summed absolute difference."""
-    best, pair = -1.0, (1, 0)
-    for i in range(base.shape[0]):
-        for j in range(i):
-            value = float((base[i] - base[j]).abs().sum())
-            if value > best:
-                best, pair = value, (i, j)
-    return pair
-
-
-def write_heatmaps(folder, name, base, pair=None):
-    """Fig. 3 and Fig. 4 of one image; returns the two paths (None without two heads)."""
+def write_heatmaps(folder, name, base, pair=None, panels=()):
+    """Fig. 3 and Fig. 4 of one image as image-size PNGs, and ``<name>_figure.png``: the ``panels`` ([(label, uint8
+    (H, W, 3) RGB), ...]) beside both maps with their colour bars. Returns the three paths (None without two heads).
+    """
     if base.shape[0] < 2:
-        return None, None
+        return None, None, None
     os.makedirs(folder, exist_ok=True)
     res = residual_map(base).numpy()
     res_path = output_file(folder, f'{name}_residual.png')
-    cv2.imwrite(res_path, colorize(res, 'inferno', 0.0, float(res.max())))
+    cv2.imwrite(res_path, colorize(res, RESIDUAL_CMAP, 0.0, float(res.max())))
     i, j = pair if pair is not None else most_different_pair(base)
-    diff = (base[i] - base[j]).double().mean(dim=0).numpy()
+    diff = signed_difference(base, (i, j)).numpy()
     bound = max(float(np.abs(diff).max()), 1e-12)
     diff_path = output_file(folder, f'{name}_diff_{i}-{j}.png')
-    cv2.imwrite(diff_path, colorize(diff, 'RdBu_r', -bound, bound))
-    return res_path, diff_path
-
-
-def plot_matrix(path, matrix, title):
-    """Fig. 6: the K x K matrix with its values in the cells."""
-    plt = _pyplot()
-    k = matrix.shape[0]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * k, 1.0 + 0.8 * k), dpi=100)
-    finite = matrix[np.isfinite(matrix)]
-    image = ax.imshow(
-        matrix, cmap='viridis', vmin=finite.min() if finite.size else 0, vmax=finite.max() if finite.size else 1)
-    middle = (float(finite.min()) + float(finite.max())) / 2 if finite.size else 0.0
-    for i in range(k):
-        for j in range(k):
-            color = 'black' if matrix[i, j] > middle else 'white'
-            ax.text(j, i, f'{matrix[i, j]:.2f}', ha='center', va='center', fontsize=8, color=color)
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
-    ax.set_xlabel('head j')
-    ax.set_ylabel('head i')
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_bars(path, labels, values, title, ylabel):
-    """A simple bar chart."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(labels) + 1.5), 3.2), dpi=100)
-    ax.bar(range(len(values)), values, color='tab:blue')
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=45 if len(labels) > 6 else 0, fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    cv2.imwrite(diff_path, colorize(diff, SIGNED_CMAP, -bound, bound))
+    figure_path = output_file(folder, f'{name}_figure.png')
+    plot_comparison(
+        figure_path,
+        list(panels), [('Fig. 3: sum |h_i - h_j| (all pairs)', res, RESIDUAL_CMAP, 0.0, float(res.max())),
+                       (f'Fig. 4: h{i} - h{j} (mean over RGB)', diff, SIGNED_CMAP, -bound, bound)],
+        title=name)
+    return res_path, diff_path, figure_path
 
 
 def build_eval_dataset(opt, name=None):
@@ -240,10 +178,14 @@ def analyze(opt,
                 value = psnr_heads[pairs.index((i, j))] if (i, j) in pairs else extra[(i, j)]
                 matrix_sum[i, j] += value
                 matrix_sum[j, i] += value if i != j else 0
-        res_path, diff_path = write_heatmaps(heat_dir, name, heads[base_index], pair)
+        panels = [('input', to_uint8(item['lq'][..., :gt.shape[-2], :gt.shape[-1]])),
+                  (f'oracle head {head_name(net, winner)}', to_uint8(heads[winner])), ('ground truth', to_uint8(gt))]
+        res_path, diff_path, figure_path = write_heatmaps(heat_dir, name, heads[base_index], pair, panels)
         if res_path:
             record.update(
-                residual_heatmap=os.path.relpath(res_path, out_dir), pair_heatmap=os.path.relpath(diff_path, out_dir))
+                residual_heatmap=os.path.relpath(res_path, out_dir),
+                pair_heatmap=os.path.relpath(diff_path, out_dir),
+                figure=os.path.relpath(figure_path, out_dir))
         per_image.append(record)
     if not count:
         raise ToolError('the dataset is empty.')
