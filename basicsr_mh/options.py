@@ -6,13 +6,13 @@ model type (``SRModel`` to ``MultiHeadImageRestorationModel``; basicsr-mh's ``Im
 ``ImageCleanModel`` are multi-head models already), with one log line each. Bad values fail here, before any work
 starts, with an error naming the key and the fix.
 """
-import difflib
 import inspect
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
 from .archs.multihead_arch import (check_head_init, check_head_options, check_score_options, declared_in_channels,
                                    num_extended_heads)
+from .keys import MULTIHEAD_META_KEY, close_names, strip_module_prefix
 from .losses.min_head_loss import ASSIGNMENT_KEYS, check_assignment_options
 
 MULTIHEAD_MODEL = 'MultiHeadImageRestorationModel'
@@ -28,11 +28,6 @@ TRAINING_METHODS = ('optimize_parameters', 'init_training_settings', 'setup_opti
                     'nondist_validation', 'dist_validation', 'save')
 
 MAX_OUTPUTS = 1024
-
-
-def close_names(name, candidates, n=3):
-    """Up to ``n`` entries of ``candidates`` that look like ``name`` (for "did you mean" in error messages)."""
-    return difflib.get_close_matches(str(name), [str(c) for c in candidates], n=n, cutoff=0.6)
 
 
 def backbone_arguments(arch_type):
@@ -115,7 +110,8 @@ def split_short_form(net_opt, key='network_g'):
     for name in backbone:
         if name == 'type' or name in own:
             continue
-        hint = close_names(name, WRAPPER_KEYS)
+        # a backbone taking **kwargs passes unknown keys on (NAFNetLocal: img_channel): only near-certain typos of ours
+        hint = close_names(name, WRAPPER_KEYS, cutoff=0.85 if takes_kwargs else 0.6)
         if hint:
             raise ValueError(f'{key}.{name} is neither an argument of {backbone["type"]} nor a basicsr-mh key; did '
                              f'you mean {hint[0]}? Fix: rename it.')
@@ -272,13 +268,13 @@ def upgrade_options(opt, notes=None):
     if opt.get('is_train', True) and isinstance(pixel_opt, dict):
         loss_type = pixel_opt.get('type')
         if loss_type not in LOSS_REGISTRY:
-            close = difflib.get_close_matches(str(loss_type), list(LOSS_REGISTRY.keys()), n=3)
+            close = close_names(loss_type, LOSS_REGISTRY.keys())
             raise ValueError(f'train.pixel_opt.type "{loss_type}" is not a registered loss. Close names: {close}.')
         check_assignment_options(**{k: pixel_opt[k] for k in ASSIGNMENT_KEYS if k in pixel_opt})
         if loss_type == 'MinHeadLoss':
             inner = pixel_opt.get('loss') or {}
             if inner.get('type') not in LOSS_REGISTRY:
-                close = difflib.get_close_matches(str(inner.get('type')), list(LOSS_REGISTRY.keys()), n=3)
+                close = close_names(inner.get('type'), LOSS_REGISTRY.keys())
                 raise ValueError(f'train.pixel_opt.loss.type "{inner.get("type")}" is not a registered loss. Close '
                                  f'names: {close}.')
     if opt.get('is_train', True) and (opt.get('train') or {}).get('score_weight') is not None:
@@ -391,8 +387,8 @@ def check_pretrained(opt, net):
         keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ValueError(f'path.pretrain_network_g "{path}" has no "{key}" entry (it has {keys}). Fix: set '
                          'path.param_key_g to one of them, or point to a network checkpoint.')
-    state = {(k[7:] if k.startswith('module.') else k): v for k, v in checkpoint[key].items()}
-    meta = checkpoint.get('multihead') or {}
+    state = strip_module_prefix(checkpoint[key])
+    meta = checkpoint.get(MULTIHEAD_META_KEY) or {}
     theirs = (f' (the checkpoint was saved from {meta.get("backbone")} with num_heads {meta.get("num_heads")}, '
               f'combine {meta.get("combine")})') if meta else ''
     ours = f'{getattr(net, "backbone_type", type(net).__name__)} with num_heads {getattr(net, "num_heads", 1)}, ' \
@@ -507,14 +503,13 @@ def check_datasets_content(opt, net=None):
                              'channels to match), or use images with that many channels.')
 
 
-def preflight(opt, notes=None):
+def preflight(opt):
     """Everything that can fail cheaply before a run writes to disk: build the network on the CPU, fit the
     pretrained checkpoint into it, read the first pair of every paired dataset. Raises ValueError/FileNotFoundError
     naming the key (and the file) and the fix.
 
     Args:
         opt (dict): parsed and upgraded options (:func:`basicsr_mh.cli_options.parse_options`).
-        notes (list | None): unused; kept for symmetry with :func:`upgrade_options`.
     """
     import torch
     with torch.no_grad():

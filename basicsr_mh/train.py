@@ -231,7 +231,7 @@ def train(root_path, args):
     warnings_before_log = []
     resume_state = load_resume_state(opt, warn=warnings_before_log.append)
     with preserved_rng():  # nothing is written before the network, checkpoint and first pairs are checked
-        preflight(opt, notes=notes)
+        preflight(opt)
     if resume_state is None:
         make_exp_dirs(opt)  # rank 0 only; an existing experiment of that name is archived
         if opt.get('logger', {}).get('use_tb_logger') and 'debug' not in opt['name'] and opt['rank'] == 0:

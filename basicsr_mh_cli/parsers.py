@@ -160,14 +160,14 @@ def demo_parser(prog='basicsr-mh demo'):
     """``basicsr-mh demo``."""
     parser = argparse.ArgumentParser(
         prog=prog,
-        description='Make GoPro-style data, train a small single-head and MH-C NAFNet on the CPU and '
-        'write a report (per-head table, validation curve, pictures). Default: about 5-7 minutes on 2 CPU cores.')
+        description='Make the quick start\'s data, train a small single-head and MH-C NAFNet on the CPU and '
+        'write a report (per-head table, validation curve, pictures). Default: about 6 minutes on 2 CPU cores.')
     parser.add_argument(
         '--out',
         default='basicsr_mh_demo',
         help='output folder; must not exist or be empty (default: ./basicsr_mh_demo)')
     parser.add_argument(
-        '--iters', type=int, default=None, help='training iterations per model (default: 1000; 20 with --quick)')
+        '--iters', type=int, default=None, help='training iterations per model (default: 2500; 20 with --quick)')
     parser.add_argument('--quick', action='store_true', help='tiny run for tests (width 8, 20 iterations, seconds)')
     parser.add_argument('--seed', type=int, default=10, help='seed of the data and of both trainings')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: the idle cores)')

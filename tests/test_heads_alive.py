@@ -252,8 +252,9 @@ def test_infer_heads_mean_writes_the_mean(tmp_path):
 
 @pytest.mark.slow
 def test_quick_start_with_defaults_keeps_every_base_head_winning(tmp_path, monkeypatch):
-    """The README's quick start (200 iterations, example pairs, default head_init and assignment): in the last
-    logged window every base head wins at least 5 % of the samples, and the model ends above its blurry input."""
+    """The README's quick start (example pairs, default head_init and assignment), shortened to 500 of its 2500
+    iterations (the whole run is measured by benchmarks/quick_start.py): in the last logged window every base head
+    wins at least 5 % of the samples, and the model ends above its blurry input."""
     import re
     import shutil
     import yaml
@@ -266,11 +267,16 @@ def test_quick_start_with_defaults_keeps_every_base_head_winning(tmp_path, monke
     opt_path = tmp_path / 'options' / 'train' / 'Example' / 'NAFNet-width16-MH-C.yml'
     opt = yaml.safe_load(opt_path.read_text())
     assert 'head_init' not in opt['network_g'] and 'assignment' not in opt['train']['pixel_opt']  # the defaults
+    iters = 500
     torch.set_num_threads(1)
-    train_pipeline(str(tmp_path), ['-opt', str(opt_path)])
+    train_pipeline(str(tmp_path), [
+        '-opt',
+        str(opt_path), '--force_yml', f'train:total_iter={iters}', f'train:scheduler:periods=[{iters}]',
+        f'val:val_freq={iters}', f'logger:save_checkpoint_freq={iters}'
+    ])
     log = next((tmp_path / 'experiments' / opt['name']).glob('train_*.log')).read_text()
     windows = [line for line in log.splitlines() if 'heads/base_h' in line]
-    assert re.search(rf'iter:\s+{opt["train"]["total_iter"]},', windows[-1])  # the last window of the run
+    assert re.search(rf'iter:\s+{iters},', windows[-1])  # the last window of the run
     shares = [float(v) for v in re.findall(r'heads/base_h\d+: ([0-9.e+-]+)', windows[-1])]
     assert len(shares) == 4 and min(shares) >= 0.05, shares
     metrics = json.loads((tmp_path / 'experiments' / opt['name'] / 'metrics.json').read_text())

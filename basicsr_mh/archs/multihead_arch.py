@@ -12,7 +12,6 @@ Multi-stage backbones (HINet, MPRNet): a stage's image may also feed a later sta
 (:class:`MultiHeadInputConv2d`), and reads all K head images of the stage, as the reference multi-head HINet and MPRNet
 do, so their checkpoints load and give the same outputs (``feed_all_heads=False``: it reads the mean of the heads).
 """
-import difflib
 import inspect
 import math
 import torch
@@ -22,6 +21,8 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from collections import OrderedDict
 from copy import deepcopy
 from torch import nn
+
+from ..keys import close_names
 
 __all__ = [
     'MultiHeadArch', 'MultiHeadConv2d', 'MultiHeadInputConv2d', 'ScoreBranch', 'image_scores', 'extended_head_pairs',
@@ -707,7 +708,7 @@ class MultiHeadArch(nn.Module):
             names = [head_layers] if isinstance(head_layers, str) else list(head_layers)
             for name in names:
                 if name not in modules or not isinstance(modules[name], nn.Conv2d):
-                    close = difflib.get_close_matches(name, [n for n in calls], n=3)
+                    close = close_names(name, calls)
                     raise ValueError(f'network_g.head_layers names "{name}", which is no Conv2d layer of '
                                      f'{backbone_type}. Conv2d layers with {sorted(out_channels)} output '
                                      f'channels: {candidates[-8:]}; close names: {close}.')
@@ -814,7 +815,7 @@ def _build_backbone(backbone):
     if arch_type == 'MultiHeadArch':
         raise ValueError('MultiHeadArch: the backbone cannot itself be a MultiHeadArch.')
     if arch_type not in ARCH_REGISTRY:
-        close = difflib.get_close_matches(str(arch_type), list(ARCH_REGISTRY.keys()), n=3)
+        close = close_names(arch_type, ARCH_REGISTRY.keys())
         raise ValueError(f'network_g backbone type "{arch_type}" is not in BasicSR\'s ARCH_REGISTRY. Close names: '
                          f'{close}. Fix: correct `type`, or import the module that registers it.')
     return ARCH_REGISTRY.get(arch_type)(**opt)

@@ -20,7 +20,7 @@ the frames themselves (hence the label) do not depend on ``S``.
 """
 import math
 import numpy as np
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -264,8 +264,3 @@ def sample_trajectory(rng, num_frames, size, cfg=None, subframes=0):
     if not subframes:
         subframes = auto_subframes(params, size, cfg.max_subframe_step, cfg.max_subframes)
     return CameraTrajectory.from_params(params, subframes)
-
-
-def config_dict(cfg):
-    """A JSON-able dict of a :class:`TrajectoryConfig`."""
-    return asdict(cfg)

@@ -1,10 +1,11 @@
 """MinHeadLoss: the multi-head loss of the paper (Eq. 4 and 5) over any registered pixel loss."""
-import difflib
 import torch
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import LOSS_REGISTRY
 from copy import deepcopy
 from torch import nn
+
+from ..keys import close_names
 
 _REDUCTIONS = ('mean', 'sum')
 
@@ -21,7 +22,7 @@ def build_inner_loss(loss_opt, where='MinHeadLoss.loss'):
     if loss_type == 'MinHeadLoss':
         raise ValueError(f'{where}: MinHeadLoss cannot wrap another MinHeadLoss. Fix: give the pixel loss itself.')
     if loss_type not in LOSS_REGISTRY:
-        close = difflib.get_close_matches(str(loss_type), list(LOSS_REGISTRY.keys()), n=3)
+        close = close_names(loss_type, LOSS_REGISTRY.keys())
         raise ValueError(f'{where}: loss type "{loss_type}" is not in BasicSR\'s LOSS_REGISTRY. Close names: {close}.')
     try:
         return LOSS_REGISTRY.get(loss_type)(**opt)

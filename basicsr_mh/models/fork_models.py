@@ -42,8 +42,6 @@ class ImageCleanModel(MultiHeadImageRestorationModel):
     default_grad_clip = False
 
 
-REGISTERED = []
 for _cls in (ImageRestorationModel, ImageCleanModel):
     if _cls.__name__ not in MODEL_REGISTRY:
         MODEL_REGISTRY.register(_cls)
-        REGISTERED.append(_cls.__name__)

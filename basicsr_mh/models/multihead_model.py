@@ -16,6 +16,7 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from ..archs.multihead_arch import MultiHeadArch, head_pair_name, image_scores
+from ..keys import MULTIHEAD_META_KEY, strip_module_prefix
 from ..losses.min_head_loss import ASSIGNMENT_KEYS, MinHeadLoss, log_loss_upgrade
 from ..metrics import per_head_many
 from ..options import check_score_weight, upgrade_options
@@ -25,8 +26,6 @@ from .lr_scheduler import build_scheduler
 from .tiling import check_grid_options, grid_crop_size, merge_tiles, split_tiles
 from .train_augment import MixingAugment, ProgressiveTraining
 from .validation import HeadMetricAccumulator
-
-MULTIHEAD_META_KEY = 'multihead'
 
 
 def float_psnr_per_head(heads, gt, crop_border=0):
@@ -205,7 +204,7 @@ class MultiHeadImageRestorationModel(SRModel):
             state = checkpoint[param_key]
         else:
             state = checkpoint
-        state = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items())
+        state = strip_module_prefix(state)
         logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
         self._print_different_keys_loading(net, state, strict)
         net.load_state_dict(state, strict=strict)
@@ -670,8 +669,7 @@ class MultiHeadImageRestorationModel(SRModel):
         save_dict = {}
         for net_, key in zip(nets, keys):
             state = self.get_bare_model(net_).state_dict()
-            save_dict[key] = OrderedDict(
-                (k[7:] if k.startswith('module.') else k, v.detach().cpu()) for k, v in state.items())
+            save_dict[key] = OrderedDict((k, v.detach().cpu()) for k, v in strip_module_prefix(state).items())
             check_finite_state(save_dict[key], f'{save_path} ({key})')
         if self.opt['rank'] != 0:
             return

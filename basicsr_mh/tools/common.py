@@ -2,15 +2,14 @@
 import os
 import sys
 import torch
-from collections import OrderedDict
 
 from basicsr_mh import compat  # noqa: F401  (must precede any basicsr import)
 from basicsr_mh.archs.multihead_arch import MultiHeadArch, head_pair_name
 from basicsr_mh.cli_options import import_user_modules, load_option_file
+from basicsr_mh.keys import MULTIHEAD_META_KEY, strip_module_prefix
 from basicsr_mh.models.checkpoint import checkpoint_trust, read_checkpoint
 from basicsr_mh.options import upgrade_network_options
 
-MULTIHEAD_META_KEY = 'multihead'  # same as basicsr_mh.models.multihead_model.MULTIHEAD_META_KEY
 #: The head spec ``mean``: the average of all heads (for the additive output layer, the backbone's own output path).
 MEAN_HEAD = 'mean'
 
@@ -71,7 +70,7 @@ def state_of(checkpoint, key):
         state = checkpoint
     else:
         raise ToolError(f'the checkpoint has no "{key}" entry (it has {sorted(checkpoint)}).')
-    return OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items())
+    return strip_module_prefix(state)
 
 
 def default_param_key(checkpoint, opt=None, requested=None):
