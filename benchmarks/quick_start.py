@@ -46,12 +46,17 @@ def run_one(label, seed, basicsr):
     try:
         shutil.copytree(os.path.join(ROOT, 'options'), os.path.join(work, 'options'))
         subprocess.run([sys.executable, '-m', 'basicsr_mh.data.example_pairs', '--out', 'datasets/example'],
-                       cwd=work, check=True, capture_output=True)
+                       cwd=work,
+                       check=True,
+                       capture_output=True)
         opt = os.path.join('options', 'train', 'Example', FILES[label])
         load = os.getloadavg()[0]
         start = time.time()
-        result = subprocess.run(basicsr + ['train', '-opt', opt, '--force_yml', f'manual_seed={seed}'], cwd=work,
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            basicsr + ['train', '-opt', opt, '--force_yml', f'manual_seed={seed}'],
+            cwd=work,
+            capture_output=True,
+            text=True)
         seconds = time.time() - start
         if result.returncode:
             raise RuntimeError(result.stderr[-3000:])
@@ -59,9 +64,16 @@ def run_one(label, seed, basicsr):
         with open(os.path.join(work, 'experiments', name, 'metrics.json')) as f:
             metrics = json.load(f)['datasets']['ExampleVal']
         blurry = input_psnr(os.path.join(work, 'datasets', 'example', 'val'))
-        return dict(label=label, seed=seed, seconds=round(seconds, 1), load_before=round(load, 2), input=blurry,
-                    psnr=metrics['psnr'], psnr_overall=metrics.get('psnr_overall', metrics['psnr']),
-                    gain=metrics['psnr'] - blurry, gain_overall=metrics.get('psnr_overall', metrics['psnr']) - blurry)
+        return dict(
+            label=label,
+            seed=seed,
+            seconds=round(seconds, 1),
+            load_before=round(load, 2),
+            input=blurry,
+            psnr=metrics['psnr'],
+            psnr_overall=metrics.get('psnr_overall', metrics['psnr']),
+            gain=metrics['psnr'] - blurry,
+            gain_overall=metrics.get('psnr_overall', metrics['psnr']) - blurry)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -62,8 +62,9 @@ def test_pictures(demo_dir):
         assert img is not None and min(img.shape[:2]) > 200, name
     crop = json.loads((demo_dir / 'report.json').read_text())['picture']['crop']
     top, left, window = crop['window']
-    sharp, blurry = (cv2.imread(str(demo_dir / f'{n}.png'))[top:top + window, left:left + window].astype(float)
-                     for n in ('sharp', 'blurry'))
+    sharp, blurry = (
+        cv2.imread(str(demo_dir / f'{n}.png'))[top:top + window, left:left + window].astype(float)
+        for n in ('sharp', 'blurry'))
     assert crop['blurry'] == pytest.approx(10 * np.log10(255.**2 / ((sharp - blurry)**2).mean()), abs=1e-6)
     assert f"blurry {crop['blurry']:.2f}" in (demo_dir / 'report.md').read_text()
     assert os.path.isfile(demo_dir / 'options' / 'demo_NAFNet-width8-MH-C.yml')

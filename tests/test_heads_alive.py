@@ -269,11 +269,12 @@ def test_quick_start_with_defaults_keeps_every_base_head_winning(tmp_path, monke
     assert 'head_init' not in opt['network_g'] and 'assignment' not in opt['train']['pixel_opt']  # the defaults
     iters = 500
     torch.set_num_threads(1)
-    train_pipeline(str(tmp_path), [
-        '-opt',
-        str(opt_path), '--force_yml', f'train:total_iter={iters}', f'train:scheduler:periods=[{iters}]',
-        f'val:val_freq={iters}', f'logger:save_checkpoint_freq={iters}'
-    ])
+    train_pipeline(
+        str(tmp_path), [
+            '-opt',
+            str(opt_path), '--force_yml', f'train:total_iter={iters}', f'train:scheduler:periods=[{iters}]',
+            f'val:val_freq={iters}', f'logger:save_checkpoint_freq={iters}'
+        ])
     log = next((tmp_path / 'experiments' / opt['name']).glob('train_*.log')).read_text()
     windows = [line for line in log.splitlines() if 'heads/base_h' in line]
     assert re.search(rf'iter:\s+{iters},', windows[-1])  # the last window of the run
