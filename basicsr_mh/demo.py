@@ -14,7 +14,7 @@ What it does, all under ``--out DIR`` (refused when ``DIR`` exists and is not em
    the pictures (:func:`write_pictures`): the crop with the strongest blur, blurry / single-head / MH-C / sharp with
    per-crop PSNR, beside the paper's Fig. 3 and Fig. 4 with colour bars.
 
-The default preset (NAFNet width 16, 2500 iterations, batch 4 of 48x48 crops, both models) takes about 6 minutes
+The default preset (NAFNet width 16, 2500 iterations, batch 4 of 48x48 crops, both models) takes about 5 minutes
 on 2 quiet CPU cores; ``--quick`` (width 8, 20 iterations) takes seconds and is meant for tests.
 """
 import contextlib

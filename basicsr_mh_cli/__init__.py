@@ -20,7 +20,7 @@ commands:
   make-data --out DIR [--num-train N --num-val N --size S --seed S --lmdb ...]
           GoPro-style blurred/sharp pairs from the photos bundled with scikit-image
   demo    [--out DIR] [--iters N] [--quick]
-          data + a small single-head and MH-C NAFNet trained on the CPU + DIR/report.md (about 5-7 minutes)
+          data + a small single-head and MH-C NAFNet trained on the CPU + DIR/report.md (about 5 minutes)
   export  --opt TRAIN.yml --ckpt X.pth --head best|mean|N|i+j --out PLAIN.pth
           one head as a plain backbone checkpoint (the stock architecture loads it, strict)
   infer   --opt X.yml [--ckpt X.pth] --input DIR_OR_FILE --output DIR [--heads best|mean|all|N] [--select RULE]

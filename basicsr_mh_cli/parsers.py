@@ -161,7 +161,7 @@ def demo_parser(prog='basicsr-mh demo'):
     parser = argparse.ArgumentParser(
         prog=prog,
         description='Make the quick start\'s data, train a small single-head and MH-C NAFNet on the CPU and '
-        'write a report (per-head table, validation curve, pictures). Default: about 6 minutes on 2 CPU cores.')
+        'write a report (per-head table, validation curve, pictures). Default: about 5 minutes on 2 CPU cores.')
     parser.add_argument(
         '--out',
         default='basicsr_mh_demo',
