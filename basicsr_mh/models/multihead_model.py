@@ -74,7 +74,6 @@ class MultiHeadImageRestorationModel(SRModel):
         self.scale = int(opt.get('scale', 1))
         self.best_head = 0
         self._win_counts = None
-        self._val_flags = {}
         self.progressive = None
         self.mixing = None
         self._progressive_stage = None
@@ -505,27 +504,33 @@ class MultiHeadImageRestorationModel(SRModel):
 
     # ------------------------------------------------------------------ validation
     def validation(self, dataloader, current_iter, tb_logger, save_img=False, rgb2bgr=None, use_image=None):
-        """BasicSR's validation; ``rgb2bgr``/``use_image`` (the forks' extra arguments) override ``val.*``."""
-        self._val_flags = {'rgb2bgr': rgb2bgr, 'use_image': use_image}
-        try:
-            super().validation(dataloader, current_iter, tb_logger, save_img)
-        finally:
-            self._val_flags = {}
+        """BasicSR's validation (sharded over the ranks when distributed); ``rgb2bgr``/``use_image`` (the forks'
+        extra arguments) override ``val.rgb2bgr``/``val.use_image`` (default true)."""
+        flags = self.validation_flags(rgb2bgr, use_image)
+        if self.opt.get('dist'):
+            self._validate(*self._shard(dataloader), current_iter, tb_logger, save_img, flags)
+        else:
+            self._validate(dataloader.dataset, enumerate(dataloader), len(dataloader), current_iter, tb_logger,
+                           save_img, flags)
 
-    def _val_flag(self, name):
-        value = self._val_flags.get(name)
-        return bool((self.opt.get('val') or {}).get(name, True) if value is None else value)
+    def validation_flags(self, rgb2bgr=None, use_image=None):
+        """``{'rgb2bgr': bool, 'use_image': bool}``: the arguments where given, else ``val.*``, else true."""
+        val_opt = self.opt.get('val') or {}
+        given = {'rgb2bgr': rgb2bgr, 'use_image': use_image}
+        return {name: bool(val_opt.get(name, True) if value is None else value) for name, value in given.items()}
 
-    def head_scores(self, heads, gt, metrics_opt):
-        """``{name: (B, K')}`` for the ``val.metrics`` entries, following ``val.rgb2bgr`` and ``val.use_image``.
+    def head_scores(self, heads, gt, metrics_opt, flags=None):
+        """``{name: (B, K')}`` for the ``val.metrics`` entries; ``flags`` (:meth:`validation_flags`, default the
+        ``val`` options) set ``rgb2bgr`` and ``use_image``.
 
         ``rgb2bgr: false`` evaluates the RGB images as BGR ones (as the forks' ``tensor2img(rgb2bgr=False)``; it
         matters for ``test_y_channel``). ``use_image: false`` computes ``calculate_psnr`` without ``test_y_channel`` on
         the float outputs (peak 1) instead of the uint8 images; other metrics stay on uint8 images.
         """
-        if not self._val_flag('rgb2bgr') and heads.shape[-3] == 3:
+        flags = flags or self.validation_flags()
+        if not flags['rgb2bgr'] and heads.shape[-3] == 3:
             heads, gt = heads.flip(-3), gt.flip(-3)
-        use_image = self._val_flag('use_image')
+        use_image = flags['use_image']
         scores, on_images = {}, {}
         for name, metric_opt in metrics_opt.items():
             if not use_image and metric_opt.get('type') == 'calculate_psnr' and not metric_opt.get('test_y_channel'):
@@ -535,16 +540,16 @@ class MultiHeadImageRestorationModel(SRModel):
         scores.update(per_head_many(heads, gt, on_images))  # a PSNR and an SSIM entry share one pass
         return {name: scores[name] for name in metrics_opt}
 
-    def _named_head_scores(self, heads, metrics_opt, dataset_name, val_data):
+    def _named_head_scores(self, heads, metrics_opt, flags, dataset_name, val_data):
         """:meth:`head_scores` on ``self.gt``; a metric that fails raises a RuntimeError naming the metric, the dataset
         and the image (a metric inside BasicSR, e.g. NIQE on a small image, fails with no such context)."""
         try:
-            return self.head_scores(heads, self.gt, metrics_opt)
+            return self.head_scores(heads, self.gt, metrics_opt, flags)
         except Exception as err:  # noqa: BLE001  (re-raised with the context below)
             failing = next(iter(metrics_opt))
             for name in metrics_opt:  # which one: each alone
                 try:
-                    self.head_scores(heads, self.gt, {name: metrics_opt[name]})
+                    self.head_scores(heads, self.gt, {name: metrics_opt[name]}, flags)
                 except Exception:  # noqa: BLE001
                     failing = name
                     break
@@ -553,17 +558,24 @@ class MultiHeadImageRestorationModel(SRModel):
                                f'{dataset_name}, image {image}: {type(err).__name__}: {err}. Fix: check that metric\'s '
                                'options, or remove it from val.metrics for this dataset.') from err
 
-    def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        """Each rank validates a shard (indices rank::world_size); the sums are reduced, so all ranks agree."""
+    def _shard(self, dataloader):
+        """(dataset, this rank's batches (indices rank::world_size), their count): the sums are reduced afterwards,
+        so all ranks agree."""
         dataset = dataloader.dataset
         rank, world = self.opt['rank'], self.opt['world_size']
         batches = ((idx, default_collate([dataset[idx]])) for idx in range(rank, len(dataset), world))
-        self._validate(dataset, batches, math.ceil(len(dataset) / world), current_iter, tb_logger, save_img)
+        return dataset, batches, math.ceil(len(dataset) / world)
+
+    def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        """BasicSR's entry point: :meth:`validation` when distributed."""
+        self._validate(*self._shard(dataloader), current_iter, tb_logger, save_img, self.validation_flags())
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        self._validate(dataloader.dataset, enumerate(dataloader), len(dataloader), current_iter, tb_logger, save_img)
+        """BasicSR's entry point: :meth:`validation` in one process."""
+        self._validate(dataloader.dataset, enumerate(dataloader), len(dataloader), current_iter, tb_logger, save_img,
+                       self.validation_flags())
 
-    def _validate(self, dataset, batches, num_batches, current_iter, tb_logger, save_img):
+    def _validate(self, dataset, batches, num_batches, current_iter, tb_logger, save_img, flags):
         dataset_name = dataset.opt['name']
         val_opt = self.opt['val']
         metrics_opt = val_opt.get('metrics') or {}
@@ -580,11 +592,11 @@ class MultiHeadImageRestorationModel(SRModel):
             heads = self.heads_output()
             scores = {}
             if with_metrics and hasattr(self, 'gt'):
-                scores = self._named_head_scores(heads, metrics_opt, dataset_name, val_data)
+                scores = self._named_head_scores(heads, metrics_opt, flags, dataset_name, val_data)
                 accumulator.add(scores)
             if save_img:
                 self._save_images(val_data, heads, scores.get(first_metric), metrics_opt.get(first_metric), save_all,
-                                  dataset_name, current_iter)
+                                  dataset_name, current_iter, flags['rgb2bgr'])
             del self.lq, self.output
             if hasattr(self, 'gt'):
                 del self.gt
@@ -604,10 +616,9 @@ class MultiHeadImageRestorationModel(SRModel):
                 self._update_best_metric_result(dataset_name, name, self.metric_results[name], current_iter)
             self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
 
-    def _save_images(self, val_data, heads, first_scores, first_opt, save_all, dataset_name, current_iter):
+    def _save_images(self, val_data, heads, first_scores, first_opt, save_all, dataset_name, current_iter, rgb2bgr):
         """Save each image's best head (per-image best by the first metric; the recorded best head without GT)."""
         higher = (first_opt or {}).get('better', 'higher') == 'higher'
-        rgb2bgr = self._val_flag('rgb2bgr')
         for b in range(heads.shape[0]):
             img_name = osp.splitext(osp.basename(val_data['lq_path'][b]))[0]
             if first_scores is not None:
