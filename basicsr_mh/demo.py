@@ -167,34 +167,6 @@ def make_options(name, data, preset, num_heads, combine, seed):
     return opt
 
 
-@contextlib.contextmanager
-def record_validations(store, progress=None):
-    """Within the block, append ``dict(iter=..., **model.metric_results)`` to ``store`` after every validation.
-
-    Multi-head runs add ``win_h{k}``: the share of training samples head ``k`` won since the last log line.
-
-    Patches :meth:`MultiHeadImageRestorationModel._log_validation_metric_values` (called once per validation with
-    the finished results) and restores it on exit. ``progress(record)`` is called after each append.
-    """
-    from .models.multihead_model import MultiHeadImageRestorationModel as Model
-    original = Model._log_validation_metric_values
-
-    def hook(self, current_iter, dataset_name, tb_logger):
-        record = dict(iter=int(current_iter), **{k: float(v) for k, v in self.metric_results.items()})
-        if getattr(self, 'num_outputs', 1) > 1:  # share of training samples each head won since the last log line
-            record.update({f'win_h{k}': rate for k, rate in enumerate(self.head_win_rates(reset=False).tolist())})
-        store.append(record)
-        if progress is not None:
-            progress(record)
-        return original(self, current_iter, dataset_name, tb_logger)
-
-    Model._log_validation_metric_values = hook
-    try:
-        yield store
-    finally:
-        Model._log_validation_metric_values = original
-
-
 def _reset_basicsr_logger():
     """Close BasicSR's root-logger handlers so the next ``train_pipeline`` writes its own log file."""
     from basicsr.utils import logger as basicsr_logger
@@ -205,8 +177,9 @@ def _reset_basicsr_logger():
     basicsr_logger.initialized_logger.pop('basicsr', None)
 
 
-def train_one(out, opt, verbose, label):
-    """Write ``opt`` to ``out/options/<name>.yml`` and train it in-process; returns (model, curve, seconds)."""
+def train_one(out, opt, verbose, label, on_validation=None):
+    """Write ``opt`` to ``out/options/<name>.yml`` and train it in-process; returns (model, curve, seconds): the
+    curve is every validation's record (:func:`basicsr_mh.train.validate_all`), also passed to ``on_validation``."""
     from .train import train_pipeline
     opt_dir = os.path.join(out, 'options')
     os.makedirs(opt_dir, exist_ok=True)
@@ -218,6 +191,9 @@ def train_one(out, opt, verbose, label):
     start = time.time()
 
     def progress(record):
+        curve.append(record)
+        if on_validation is not None:
+            on_validation(record)
         print(
             f"  [{label}] iter {record['iter']:>5}/{total}  PSNR {record['psnr']:.2f} dB" +
             (f"  (overall {record['psnr_overall']:.2f})" if 'psnr_overall' in record else '') +
@@ -228,8 +204,8 @@ def train_one(out, opt, verbose, label):
     with open(console, 'w') as stream:
         redirect = contextlib.nullcontext() if verbose else contextlib.redirect_stderr(stream)
         try:
-            with redirect, record_validations(curve, progress):
-                model = train_pipeline(out, ['-opt', opt_path])
+            with redirect:
+                model = train_pipeline(out, ['-opt', opt_path], on_validation=progress)
         finally:
             _reset_basicsr_logger()
     return model, curve, time.time() - start

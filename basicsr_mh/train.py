@@ -195,24 +195,33 @@ def create_train_val_dataloader(opt, logger):
     return train_loader, train_sampler, val_loaders, total_epochs, total_iters, iters_per_epoch
 
 
-def validate_all(model, val_loaders, current_iter, tb_logger, opt, metrics_path):
+def validate_all(model, val_loaders, current_iter, tb_logger, opt, metrics_path, on_validation=None):
     """Validate on every loader without touching the training RNG streams; rank 0 writes ``metrics_path``
-    (``{"iter": i, "datasets": {name: {metric: value}}}``)."""
+    (``{"iter": i, "datasets": {name: {metric: value}}}``). ``on_validation(record)``, if given, is called per
+    dataset with ``dict(iter=i, dataset=name, **metrics)`` plus, for a multi-head model, ``win_h<k>``: the share of
+    training samples head k won in the current logging window. Returns ``{name: {metric: value}}``."""
     results = {}
     with preserved_rng():
         for val_loader in val_loaders:
             model.validation(val_loader, current_iter, tb_logger, opt['val'].get('save_img', False))
             if getattr(model, 'metric_results', None):
-                results[val_loader.dataset.opt['name']] = {k: float(v) for k, v in model.metric_results.items()}
+                name = val_loader.dataset.opt['name']
+                results[name] = {k: float(v) for k, v in model.metric_results.items()}
+                if on_validation is not None:
+                    record = dict(iter=int(current_iter), dataset=name, **results[name])
+                    if getattr(model, 'num_outputs', 1) > 1:
+                        rates = model.head_win_rates(reset=False).tolist()
+                        record.update({f'win_h{k}': rate for k, rate in enumerate(rates)})
+                    on_validation(record)
     if opt['rank'] == 0 and results:
         atomic_write_json({'iter': current_iter, 'datasets': results}, metrics_path)
     return results
 
 
-def train_pipeline(root_path, argv=None):
-    """Run a training from the command line arguments ``argv`` (default ``sys.argv[1:]``); BasicSR's signature.
-    Returns the trained model."""
-    return train(root_path, train_test_parser('basicsr-mh train', True).parse_args(argv))
+def train_pipeline(root_path, argv=None, on_validation=None):
+    """Run a training from the command line arguments ``argv`` (default ``sys.argv[1:]``); BasicSR's signature
+    (``on_validation``: see :func:`validate_all`). Returns the trained model."""
+    return train(root_path, train_test_parser('basicsr-mh train', True).parse_args(argv), on_validation)
 
 
 def run(args, prog='basicsr-mh train'):
@@ -221,8 +230,9 @@ def run(args, prog='basicsr-mh train'):
     return 0
 
 
-def train(root_path, args):
-    """Run a training from parsed arguments (:func:`basicsr_mh_cli.parsers.train_test_parser`); returns the model."""
+def train(root_path, args, on_validation=None):
+    """Run a training from parsed arguments (:func:`basicsr_mh_cli.parsers.train_test_parser`); returns the model.
+    ``on_validation(record)`` is called after each validation (:func:`validate_all`)."""
     opt = options_from_args(root_path, True, args)
     opt['root_path'] = root_path
     notes = opt.pop('_notes', [])
@@ -319,7 +329,7 @@ def train(root_path, args):
                 msg_logger(log_vars)
             # validation first (BasicSR saves first): a checkpoint records the best head of its own iteration
             if val_freq is not None and current_iter % val_freq == 0:
-                validate_all(model, val_loaders, current_iter, tb_logger, opt, metrics_path)
+                validate_all(model, val_loaders, current_iter, tb_logger, opt, metrics_path, on_validation)
                 last_val_iter = current_iter
             if current_iter % opt['logger']['save_checkpoint_freq'] == 0:
                 logger.info('Saving models and training states.')
@@ -338,7 +348,7 @@ def train(root_path, args):
                        '(train.skip_nonfinite).')
     final_iter = min(current_iter, total_iters)
     if opt.get('val') is not None and last_val_iter != final_iter:  # BasicSR validates once more unless just done
-        validate_all(model, val_loaders, final_iter, tb_logger, opt, metrics_path)
+        validate_all(model, val_loaders, final_iter, tb_logger, opt, metrics_path, on_validation)
     logger.info('Save the latest model.')
     model.save(epoch=-1, current_iter=-1)
     if tb_logger:

@@ -108,7 +108,7 @@ def configurations(ks):
     return out
 
 
-def run_one(work, data, preset, label, num_heads, combine, seed):
+def run_one(work, data, preset, label, num_heads, combine, seed, on_validation=None):
     """Train one configuration with one seed; returns the final validation results (dict of floats)."""
     name = f"q_{label.replace('=', '').replace(' +', '_')}_s{seed}"
     opt = demo.make_options(name, data, preset, num_heads, combine, seed)
@@ -118,7 +118,8 @@ def run_one(work, data, preset, label, num_heads, combine, seed):
     opt['datasets']['train']['num_worker_per_gpu'] = preset.get('workers', 0)
     if preset.get('lr'):
         opt['train']['optim_g']['lr'] = preset['lr']
-    _, curve, seconds = demo.train_one(work, opt, verbose=False, label=f'{label} seed {seed}')
+    _, curve, seconds = demo.train_one(
+        work, opt, verbose=False, label=f'{label} seed {seed}', on_validation=on_validation)
     final = dict(curve[-1])
     final['curve'] = [dict(c) for c in curve]
     fill_single_head(final, num_heads, combine)
@@ -148,8 +149,7 @@ def _job(args):
         with open(records, 'a') as f:
             f.write(json.dumps(line) + '\n')
 
-    with demo.record_validations([], write):
-        return run_one(work, data, preset, label, num_heads, combine, seed)
+    return run_one(work, data, preset, label, num_heads, combine, seed, on_validation=write)
 
 
 def run_all(work, data, preset, records, jobs, threads):

@@ -150,7 +150,7 @@ def test_bad_assignment_options_named():
 
 
 # ---------------------------------------------------------------- training: short form, dead heads, best head
-def _train(pair_data, tmp_path, monkeypatch, name, total_iter=20, **train):
+def _train(pair_data, tmp_path, monkeypatch, name, total_iter=20, on_validation=None, **train):
     monkeypatch.chdir(tmp_path)
     opt = srmodel_options(pair_data, name, total_iter=total_iter, val_freq=10)
     opt['logger'].update(use_tb_logger=False, save_checkpoint_freq=10)
@@ -160,7 +160,8 @@ def _train(pair_data, tmp_path, monkeypatch, name, total_iter=20, **train):
             opt['train'].setdefault(key, {}).update(value)
         else:
             opt['train'][key] = value
-    return train_pipeline(str(tmp_path), ['-opt', write_options(tmp_path / f'{name}.yml', opt)]), opt
+    path = write_options(tmp_path / f'{name}.yml', opt)
+    return train_pipeline(str(tmp_path), ['-opt', path], on_validation=on_validation), opt
 
 
 def test_assignment_keys_next_to_a_plain_loss_and_dead_head_warning(pair_data, tmp_path, monkeypatch, caplog):
@@ -299,10 +300,8 @@ def _input_psnr(folder):
 def test_validation_records_carry_the_last_window_win_rates(pair_data, tmp_path, monkeypatch):
     """A validation right after a log line (which resets the counts) still reports the win rates, not zeros (the
     demo's report.json read all zeros)."""
-    from basicsr_mh.demo import record_validations
     records = []
-    with record_validations(records):
-        _train(pair_data, tmp_path, monkeypatch, 'win_records')  # print_freq 5, val_freq 10: validation after a log
+    _train(pair_data, tmp_path, monkeypatch, 'win_records', on_validation=records.append)  # validation after a log
     assert [r['iter'] for r in records] == [10, 20]
     for record in records:
         rates = [record[f'win_h{k}'] for k in range(10)]
