@@ -101,6 +101,7 @@ def test_srmodel_subclasses_upgrade_like_srmodel_or_name_what_they_would_lose(pa
         upgrade_options(opt, notes=[])
 
 
+@pytest.mark.slow  # trains
 def test_single_head_srmodel_with_adamw_trains(pair_data, tmp_path, monkeypatch):
     """BasicSR 1.4.2's SRModel builds only Adam (NotImplementedError for AdamW): such a file trains through the
     multi-head model, which with a plain network validates as SRModel (one image, plain metric names)."""
@@ -124,6 +125,7 @@ def test_single_head_srmodel_with_adamw_trains(pair_data, tmp_path, monkeypatch)
     assert set(metrics) == {'psnr', 'ssim'}
 
 
+@pytest.mark.slow  # trains
 def test_a_failing_metric_names_itself_the_dataset_and_the_image(pair_data, tmp_path, monkeypatch):
     from basicsr.utils.registry import METRIC_REGISTRY
 
