@@ -121,9 +121,9 @@ def strongest_blur_window(gt, lq, size):
     diff = (gt.double() - lq.double()).abs().mean(dim=0)[None, None]
     height, width = diff.shape[-2:]
     size = min(size, height, width)
-    sums = torch.nn.functional.avg_pool2d(diff, size, stride=max(1, size // 4))[0, 0]
-    row, col = divmod(int(torch.argmax(sums)), sums.shape[1])
     stride = max(1, size // 4)
+    sums = torch.nn.functional.avg_pool2d(diff, size, stride=stride)[0, 0]
+    row, col = divmod(int(torch.argmax(sums)), sums.shape[1])
     return min(row * stride, height - size), min(col * stride, width - size)
 
 

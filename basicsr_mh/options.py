@@ -31,23 +31,14 @@ MAX_OUTPUTS = 1024
 
 
 def backbone_arguments(arch_type):
-    """(names of the registered architecture's constructor arguments, whether it also takes ``**kwargs``)."""
+    """The registered architecture's constructor: ({argument name: default, or ``inspect.Parameter.empty``}, whether it
+    also takes ``**kwargs``). An unreadable signature gives ({}, True): nothing can be checked."""
     try:
-        signature = inspect.signature(ARCH_REGISTRY.get(arch_type).__init__)
+        params = list(inspect.signature(ARCH_REGISTRY.get(arch_type).__init__).parameters.values())[1:]
     except (TypeError, ValueError):
-        return set(), True
-    params = list(signature.parameters.values())[1:]
-    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return names, any(p.kind == p.VAR_KEYWORD for p in params)
-
-
-def _default_values(arch_type):
-    """{argument: default} of the registered architecture's constructor (arguments without a default left out)."""
-    try:
-        params = inspect.signature(ARCH_REGISTRY.get(arch_type).__init__).parameters.values()
-    except (TypeError, ValueError):
-        return {}
-    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        return {}, True
+    named = {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return named, any(p.kind == p.VAR_KEYWORD for p in params)
 
 
 def _kind(value):
@@ -98,8 +89,10 @@ def split_short_form(net_opt, key='network_g'):
     else:
         ours = [name for name in WRAPPER_KEYS if name in backbone and name not in own]
         clash = [name for name in WRAPPER_KEYS if name in backbone and name in own]
-        defaults = _default_values(backbone['type'])
-        misfit = [name for name in clash if _kind(backbone[name]) != _kind(defaults.get(name, backbone[name]))]
+        misfit = [
+            name for name in clash
+            if own[name] is not inspect.Parameter.empty and _kind(backbone[name]) != _kind(own[name])
+        ]
         if clash and (ours or misfit):  # our keys were added to a backbone that has one of the same name
             name = clash[0]
             raise ValueError(f'{key}.{name} is ambiguous: {backbone["type"]} has its own `{name}` argument (for '
