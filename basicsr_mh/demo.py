@@ -252,7 +252,7 @@ def write_pictures(out, name, gt, lq, single, heads, best, window):
         gt, lq (Tensor): (3, H, W) in [0, 1]. single (Tensor): (3, H, W). heads (Tensor): (K', 3, H, W).
         best (int): the MH-C head shown (the checkpoint's best single head).
     """
-    from .archs.multihead_arch import extended_head_pairs, head_pair_name
+    from .heads import extended_head_pairs, head_pair_name
     from .metrics import per_head
     psnr_opt = TEMPLATE['val']['metrics']['psnr']
     base = heads[[extended_head_pairs(NUM_HEADS, COMBINE).index((k, k)) for k in range(NUM_HEADS)]]
@@ -295,7 +295,7 @@ def _fmt(value, digits):
 
 def report_markdown(info):
     """The text of ``report.md`` from the collected ``info`` dict (see :func:`run_demo`)."""
-    from .archs.multihead_arch import head_pair_name
+    from .heads import head_pair_name
     single, mh = info['results']['single'], info['results']['mhc']
     best = int(mh['best_head'])
     p = info['preset']

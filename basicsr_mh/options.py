@@ -10,9 +10,9 @@ import inspect
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
-from .archs.multihead_arch import (check_head_init, check_head_options, check_score_options, declared_in_channels,
-                                   num_extended_heads)
-from .keys import MULTIHEAD_META_KEY, close_names, strip_module_prefix
+from .archs.tail_probe import declared_in_channels
+from .heads import (MULTIHEAD_META_KEY, check_head_init, check_head_options, check_score_options, close_names,
+                    num_extended_heads, registered, strip_module_prefix)
 from .losses.min_head_loss import ASSIGNMENT_KEYS, check_assignment_options
 
 MULTIHEAD_MODEL = 'MultiHeadImageRestorationModel'
@@ -144,10 +144,7 @@ def check_score_weight(value):
 
 
 def _check_arch_type(arch_type, key):
-    if arch_type not in ARCH_REGISTRY:
-        close = close_names(arch_type, ARCH_REGISTRY.keys())
-        raise ValueError(f'{key} "{arch_type}" is not a registered architecture. Close names: {close}. Fix: correct '
-                         'the type, or import the module that registers it (`--import your.package`).')
+    registered(ARCH_REGISTRY, arch_type, key)
 
 
 def _handles_heads(model_type):
@@ -260,16 +257,11 @@ def upgrade_options(opt, notes=None):
     pixel_opt = (opt.get('train') or {}).get('pixel_opt')
     if opt.get('is_train', True) and isinstance(pixel_opt, dict):
         loss_type = pixel_opt.get('type')
-        if loss_type not in LOSS_REGISTRY:
-            close = close_names(loss_type, LOSS_REGISTRY.keys())
-            raise ValueError(f'train.pixel_opt.type "{loss_type}" is not a registered loss. Close names: {close}.')
+        registered(LOSS_REGISTRY, loss_type, 'train.pixel_opt.type', 'loss')
         check_assignment_options(**{k: pixel_opt[k] for k in ASSIGNMENT_KEYS if k in pixel_opt})
         if loss_type == 'MinHeadLoss':
             inner = pixel_opt.get('loss') or {}
-            if inner.get('type') not in LOSS_REGISTRY:
-                close = close_names(inner.get('type'), LOSS_REGISTRY.keys())
-                raise ValueError(f'train.pixel_opt.loss.type "{inner.get("type")}" is not a registered loss. Close '
-                                 f'names: {close}.')
+            registered(LOSS_REGISTRY, inner.get('type'), 'train.pixel_opt.loss.type', 'loss')
     if opt.get('is_train', True) and (opt.get('train') or {}).get('score_weight') is not None:
         check_score_weight(opt['train']['score_weight'])
     return opt
@@ -280,12 +272,7 @@ def _check_srmodel_subclass(model_type):
     subclass of BasicSR's SRModel that trains as SRModel does (it overrides none of :data:`TRAINING_METHODS`; e.g.
     SwinIRModel, or a user's model that only changes inference); anything else is a ValueError naming the fix."""
     from basicsr.models.sr_model import SRModel
-    if model_type not in MODEL_REGISTRY:
-        hint = close_names(model_type, MODEL_REGISTRY.keys())
-        raise ValueError(
-            f'model_type "{model_type}" is not a registered model{f" (did you mean {hint[0]}?)" if hint else ""}. '
-            'Fix: correct it, or import the module that registers it (`--import your.package`).')
-    model_class = MODEL_REGISTRY.get(model_type)
+    model_class = registered(MODEL_REGISTRY, model_type, 'model_type', 'model')
     if not issubclass(model_class, SRModel):
         raise ValueError(f'model_type {model_type} is not an SRModel and has no multi-head counterpart. Fix: use '
                          f'model_type {MULTIHEAD_MODEL} (or one of {", ".join(UPGRADABLE_MODELS[:-1])}), or remove '

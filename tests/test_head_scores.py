@@ -10,7 +10,7 @@ import torch
 from conftest import srmodel_options, write_options
 
 import basicsr_mh_cli as cli
-from basicsr_mh.archs.multihead_arch import image_scores
+from basicsr_mh.archs.multihead_layers import image_scores
 from basicsr_mh.tools.common import build_net
 from basicsr_mh.tools.export import build_plain, export_head
 from basicsr_mh.tools.runner import HeadRunner

@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import srmodel_options, write_options
 
-from basicsr_mh.archs.multihead_arch import MultiHeadArch, extended_head_pairs
+from basicsr_mh.archs.multihead_arch import MultiHeadArch
+from basicsr_mh.heads import extended_head_pairs
 from basicsr_mh.losses.min_head_loss import MinHeadLoss, assignment_weights
 from basicsr_mh.metrics import per_head
 from basicsr_mh.tools.common import build_net

@@ -23,7 +23,9 @@ from torch.nn import functional as F
 
 from basicsr_mh.archs.hinet_arch import HINet, HINetLocal, pad_to_size
 from basicsr_mh.archs.local_arch import LocalAvgPool2d
-from basicsr_mh.archs.multihead_arch import MultiHeadArch, MultiHeadConv2d, MultiHeadInputConv2d, extended_head_pairs
+from basicsr_mh.archs.multihead_arch import MultiHeadArch
+from basicsr_mh.archs.multihead_layers import MultiHeadConv2d, MultiHeadInputConv2d
+from basicsr_mh.heads import extended_head_pairs
 
 TINY = dict(wf=8, depth=3, hin_position_left=1, hin_position_right=2)
 DEFAULT_PARAMS = 88669702  # HINet() counted with the published code

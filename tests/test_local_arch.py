@@ -30,8 +30,9 @@ from torch import nn as nn
 from torch.nn import functional as F
 
 from basicsr_mh.archs.local_arch import LocalAvgPool2d, LocalBase, NAFNetLocal, local_base_size, replace_global_pooling
-from basicsr_mh.archs.multihead_arch import MultiHeadArch, extended_head_pairs
+from basicsr_mh.archs.multihead_arch import MultiHeadArch
 from basicsr_mh.archs.nafnet_arch import NAFNet
+from basicsr_mh.heads import extended_head_pairs
 
 TINY = dict(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
 TRAIN = (1, 3, 32, 32)

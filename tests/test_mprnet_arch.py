@@ -21,7 +21,9 @@ from torch import nn as nn
 
 from basicsr_mh.archs.hinet_arch import pad_to_size
 from basicsr_mh.archs.mprnet_arch import MPRNet
-from basicsr_mh.archs.multihead_arch import MultiHeadArch, MultiHeadConv2d, MultiHeadInputConv2d, extended_head_pairs
+from basicsr_mh.archs.multihead_arch import MultiHeadArch
+from basicsr_mh.archs.multihead_layers import MultiHeadConv2d, MultiHeadInputConv2d
+from basicsr_mh.heads import extended_head_pairs
 
 # channel counts chosen so that no conv other than the image convs has 3 output channels
 TINY = dict(n_feat=8, scale_unetfeats=8, scale_orsnetfeats=8, num_cab=1)

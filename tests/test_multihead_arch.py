@@ -21,8 +21,10 @@ from collections import OrderedDict
 from test_nafnet_arch import _REF_PACKAGE, _find_reference_archs, _randomize_block_scalars, _reference_modules
 from torch import nn as nn
 
-from basicsr_mh.archs.multihead_arch import MultiHeadArch, MultiHeadConv2d, extended_head_pairs, num_extended_heads
+from basicsr_mh.archs.multihead_arch import MultiHeadArch
+from basicsr_mh.archs.multihead_layers import MultiHeadConv2d
 from basicsr_mh.archs.nafnet_arch import NAFNet
+from basicsr_mh.heads import extended_head_pairs, num_extended_heads
 from basicsr_mh.losses.min_head_loss import MinHeadLoss
 from basicsr_mh.losses.psnr_loss import PSNRLoss
 

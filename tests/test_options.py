@@ -52,7 +52,7 @@ def test_srmodel_upgraded_with_one_log_line(pair_data):
     }, 'combine must be true or false'),
     ({
         'type': 'NAFNett'
-    }, 'Close names: [\'NAFNet\''),
+    }, '"NAFNett" is not a registered architecture (did you mean NAFNet?)'),
 ])
 def test_bad_network_options_name_the_key(pair_data, net_update, fragment):
     opt = srmodel_options(pair_data, 'bad')

@@ -22,8 +22,10 @@ from collections import OrderedDict
 from pathlib import Path
 from torch.nn import functional as F
 
-from basicsr_mh.archs.multihead_arch import MultiHeadArch, MultiHeadConv2d, extended_head_pairs
+from basicsr_mh.archs.multihead_arch import MultiHeadArch
+from basicsr_mh.archs.multihead_layers import MultiHeadConv2d
 from basicsr_mh.archs.restormer_arch import BiasFreeLayerNorm, Restormer, RestormerLayerNorm, WithBiasLayerNorm
+from basicsr_mh.heads import extended_head_pairs
 
 # published default configuration (motion deblurring; dual-pixel defocus deblurring adds inp_channels=6 and
 # dual_pixel_task=True); parameter counts of the published implementation, counted with its own code

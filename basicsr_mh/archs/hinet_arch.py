@@ -18,6 +18,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn as nn
 from torch.nn import functional as F
 
+from ..heads import HeadLayout
 from .local_arch import LocalBase, local_base_size
 
 __all__ = ['HINet', 'HINetLocal', 'SAM', 'UNetConvBlock', 'UNetUpBlock', 'pad_to_size']
@@ -234,6 +235,15 @@ class HINet(nn.Module):
     def check_image_size(self, x):
         """Pad ``x`` (N, C, h, w) right/bottom to (N, C, H', W') of :meth:`padded_size` (see :func:`pad_to_size`)."""
         return pad_to_size(x, *self.padded_size(*x.shape[-2:]))
+
+    def multihead_layout(self):
+        """Where :class:`~basicsr_mh.archs.multihead_arch.MultiHeadArch` grows heads (found by its probe otherwise):
+        ``sam12.conv2`` (stage 1, whose image ``sam12.conv3`` reads) and ``last`` (stage 2), both before a global
+        residual and the crop."""
+        return HeadLayout(
+            outputs=((0, 'sam12.conv2', 1.0, False), (1, 'last', 1.0, True)),
+            num_network_outputs=2,
+            head_inputs=(('sam12.conv3', 'sam12.conv2', 1.0), ))
 
     def forward(self, x):
         """Restore an image.

@@ -20,6 +20,7 @@ import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn as nn
 
+from ..heads import HeadLayout
 from .hinet_arch import SAM, conv, pad_to_size
 
 __all__ = ['MPRNet', 'CAB', 'CALayer', 'ORSNet']
@@ -287,6 +288,17 @@ class MPRNet(nn.Module):
         self.concat12 = conv(n_feat * 2, n_feat, kernel_size, bias=bias)
         self.concat23 = conv(n_feat * 2, n_feat + scale_orsnetfeats, kernel_size, bias=bias)
         self.tail = conv(n_feat + scale_orsnetfeats, out_c, kernel_size, bias=bias)
+
+    def multihead_layout(self):
+        """Where :class:`~basicsr_mh.archs.multihead_arch.MultiHeadArch` grows heads (found by its probe otherwise):
+        ``tail`` (stage 3, output 0), ``sam23.conv2`` and ``sam12.conv2`` (stages 2 and 1, whose images
+        ``sam23.conv3``/``sam12.conv3`` read), each before a global residual. An identity start is measured on a
+        16x16 probe (a 64x64 one costs more than building the network)."""
+        return HeadLayout(
+            outputs=((0, 'tail', 1.0, True), (1, 'sam23.conv2', 1.0, False), (2, 'sam12.conv2', 1.0, False)),
+            num_network_outputs=3,
+            head_inputs=(('sam23.conv3', 'sam23.conv2', 1.0), ('sam12.conv3', 'sam12.conv2', 1.0)),
+            probe_size=16)
 
     def check_image_size(self, x):
         """Pad ``x`` (N, C, h, w) right/bottom to multiples of 8 (:func:`~basicsr_mh.archs.hinet_arch.pad_to_size`)."""

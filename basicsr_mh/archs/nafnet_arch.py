@@ -11,6 +11,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn as nn
 from torch.nn import functional as F
 
+from ..heads import HeadLayout
 from .arch_util import LayerNorm2d, SimpleGate
 
 
@@ -139,6 +140,11 @@ class NAFNet(nn.Module):
             self.decoders.append(nn.Sequential(*[NAFBlock(chan) for _ in range(num)]))
 
         self.padder_size = 2**len(self.encoders)
+
+    def multihead_layout(self):
+        """Where :class:`~basicsr_mh.archs.multihead_arch.MultiHeadArch` grows heads (found by its probe otherwise):
+        ``ending``, followed by the global residual and the crop."""
+        return HeadLayout(outputs=((0, 'ending', 1.0, True), ))
 
     def forward(self, inp):
         """Restore an image.

@@ -21,6 +21,8 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn as nn
 from torch.nn import functional as F
 
+from ..heads import HeadLayout
+
 __all__ = [
     'BiasFreeLayerNorm', 'WithBiasLayerNorm', 'RestormerLayerNorm', 'FeedForward', 'Attention', 'TransformerBlock',
     'OverlapPatchEmbed', 'Downsample', 'Upsample', 'Restormer'
@@ -372,6 +374,12 @@ class Restormer(nn.Module):
             self.skip_conv = nn.Conv2d(dim, chans[1], kernel_size=1, bias=bias)
         self.output = nn.Conv2d(chans[1], out_channels, kernel_size=3, stride=1, padding=1, bias=bias)
         self.padder_size = 8
+
+    def multihead_layout(self):
+        """Where :class:`~basicsr_mh.archs.multihead_arch.MultiHeadArch` grows heads (found by its probe otherwise):
+        ``output``, followed by the image residual (none with ``dual_pixel_task``) and the crop. An identity start is
+        measured on a 16x16 probe (a 64x64 one costs more than building the network)."""
+        return HeadLayout(outputs=((0, 'output', 1.0, True), ), global_residual=not self.dual_pixel_task, probe_size=16)
 
     def forward(self, inp_img):
         """Restore an image.

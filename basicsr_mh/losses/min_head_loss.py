@@ -5,7 +5,7 @@ from basicsr.utils.registry import LOSS_REGISTRY
 from copy import deepcopy
 from torch import nn
 
-from ..keys import close_names
+from ..heads import registered
 
 _REDUCTIONS = ('mean', 'sum')
 
@@ -21,11 +21,9 @@ def build_inner_loss(loss_opt, where='MinHeadLoss.loss'):
     loss_type = opt.pop('type')
     if loss_type == 'MinHeadLoss':
         raise ValueError(f'{where}: MinHeadLoss cannot wrap another MinHeadLoss. Fix: give the pixel loss itself.')
-    if loss_type not in LOSS_REGISTRY:
-        close = close_names(loss_type, LOSS_REGISTRY.keys())
-        raise ValueError(f'{where}: loss type "{loss_type}" is not in BasicSR\'s LOSS_REGISTRY. Close names: {close}.')
+    loss_class = registered(LOSS_REGISTRY, loss_type, f'{where}.type', 'loss')
     try:
-        return LOSS_REGISTRY.get(loss_type)(**opt)
+        return loss_class(**opt)
     except TypeError as err:
         raise ValueError(f'{where}: cannot build {loss_type} with {opt}: {err}') from err
 

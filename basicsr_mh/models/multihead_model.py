@@ -15,8 +15,9 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
-from ..archs.multihead_arch import MultiHeadArch, head_pair_name, image_scores
-from ..keys import MULTIHEAD_META_KEY, strip_module_prefix
+from ..archs.multihead_arch import MultiHeadArch
+from ..archs.multihead_layers import image_scores
+from ..heads import MULTIHEAD_META_KEY, head_pair_name, strip_module_prefix
 from ..losses.min_head_loss import ASSIGNMENT_KEYS, MinHeadLoss, log_loss_upgrade
 from ..metrics import per_head_many
 from ..options import check_score_weight, upgrade_options

@@ -22,12 +22,12 @@ import os
 import torch
 from tqdm import tqdm
 
-from basicsr_mh.archs.multihead_arch import image_scores
+from basicsr_mh.archs.multihead_layers import image_scores
 from basicsr_mh.metrics import per_head
 from basicsr_mh_cli.parsers import analyze_parser
 from ..figures import (RESIDUAL_CMAP, SIGNED_CMAP, colorize, most_different_pair, plot_bars, plot_comparison,
                        plot_matrix, residual_map, signed_difference, to_uint8)
-from ..keys import MULTIHEAD_META_KEY
+from ..heads import MULTIHEAD_META_KEY
 from ..metrics import RGB_PSNR_SSIM
 from .common import ToolError, head_name, head_pairs, load_model, read_options, run_tool
 from .guards import output_file

@@ -4,9 +4,9 @@ import sys
 import torch
 
 from basicsr_mh import compat  # noqa: F401  (must precede any basicsr import)
-from basicsr_mh.archs.multihead_arch import MultiHeadArch, head_pair_name
+from basicsr_mh.archs.multihead_arch import MultiHeadArch
 from basicsr_mh.cli_options import import_user_modules, load_option_file
-from basicsr_mh.keys import MULTIHEAD_META_KEY, strip_module_prefix
+from basicsr_mh.heads import MULTIHEAD_META_KEY, head_pair_name, strip_module_prefix
 from basicsr_mh.models.checkpoint import checkpoint_trust, read_checkpoint
 from basicsr_mh.options import upgrade_network_options
 

@@ -24,7 +24,7 @@ from basicsr_mh.archs.multihead_arch import MultiHeadArch, _get_submodule
 from basicsr_mh.models.checkpoint import atomic_torch_save, checkpoint_trust, read_checkpoint
 from basicsr_mh.version import __version__
 from basicsr_mh_cli.parsers import export_parser
-from ..keys import MULTIHEAD_META_KEY
+from ..heads import MULTIHEAD_META_KEY
 from .common import (MEAN_HEAD, ToolError, build_net, check_meta, final_output, final_output_index, head_name,
                      load_state, parse_head, read_options, run_tool, state_of)
 
@@ -110,8 +110,8 @@ def verify_export(net, plain, index, probe_size=64, backbone_opt=None, probe_cha
     Raises:
         ToolError: when it exceeds ``1e-4 * max(1, max |output|)`` (the tail was not additive after all).
     """
-    from basicsr_mh.archs.multihead_arch import _find_in_channels
-    in_ch = probe_channels or _find_in_channels(backbone_opt, getattr(net, 'backbone', net))
+    from basicsr_mh.archs.tail_probe import find_in_channels
+    in_ch = probe_channels or find_in_channels(backbone_opt, getattr(net, 'backbone', net))
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(1, in_ch, probe_size, probe_size, generator=gen)
     heads = final_output(net(x), net)

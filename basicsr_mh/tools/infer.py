@@ -17,7 +17,7 @@ import os
 import torch
 from tqdm import tqdm
 
-from basicsr_mh.archs.multihead_arch import _find_in_channels
+from basicsr_mh.archs.tail_probe import find_in_channels
 from basicsr_mh_cli.parsers import infer_parser
 from .common import MEAN_HEAD, ToolError, head_name, head_pairs, load_model, parse_head, read_options, run_tool
 from .guards import output_file, oversized_image, write_atomic
@@ -152,7 +152,7 @@ def _run(args):
     else:
         indices = list(range(num_outputs)) if heads_spec == 'all' else [parse_head(heads_spec, net, checkpoint)]
     backbone_opt = net_opt.get('backbone') if net_opt.get('type') == 'MultiHeadArch' else net_opt
-    in_channels = net_opt.get('probe_channels') or _find_in_channels(backbone_opt, getattr(net, 'backbone', net))
+    in_channels = net_opt.get('probe_channels') or find_in_channels(backbone_opt, getattr(net, 'backbone', net))
     window = (opt.get('val') or {}).get('window_size')
     with_scores = args.select in SCORED_RULES
     if with_scores and not getattr(net, 'head_scores', False):

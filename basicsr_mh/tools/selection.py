@@ -19,7 +19,7 @@ return one plausible, sharper head.
 import torch
 import torch.nn.functional as F
 
-from basicsr_mh.archs.multihead_arch import image_scores
+from basicsr_mh.archs.multihead_layers import image_scores
 from basicsr_mh_cli.parsers import SCORED_RULES  # noqa: F401  (the rules that need the score branch's logits)
 from basicsr_mh_cli.parsers import SELECTION_RULES as RULES
 
