@@ -16,8 +16,8 @@ from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 from conftest import TINY_RESTORMER, tiny_datasets, write_options
 from torch.utils.data import DataLoader
 
+from basicsr_mh.inference import GridTiling, InferenceRunner, grid_crop_size, grid_positions
 from basicsr_mh.models import ImageCleanModel, ImageRestorationModel, MultiHeadImageRestorationModel
-from basicsr_mh.models.tiling import grid_crop_size, grid_positions, merge_tiles, split_tiles
 from basicsr_mh.models.train_augment import MixingAugment, ProgressiveTraining
 from basicsr_mh.options import upgrade_options
 
@@ -190,14 +190,29 @@ def test_grid_positions_follow_the_forks():
     assert grid_crop_size({}, {'gt_size': 16}, 45, 37) == (16, 16)
 
 
-def test_split_merge_is_exact_for_a_pixelwise_net():
+class _PixelwiseHeads(torch.nn.Module):
+    """Three heads ``x * (k + 1)``: per pixel, so tiling must give back the whole-image result."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def forward(self, x):
+        self.sizes.append(tuple(x.shape))
+        return torch.stack([x * (k + 1) for k in range(3)], dim=1)
+
+
+def test_grid_tiling_is_exact_for_a_pixelwise_net():
     lq = torch.rand(2, 3, 45, 37)
-    heads = torch.stack([lq * (k + 1) for k in range(3)], dim=1)  # (B, K', C, H, W)
-    tiles, offsets = split_tiles(lq, 20, 16)
-    assert tiles.shape == (len(offsets) * 2, 3, 20, 16) and len(offsets) == 3 * 3
-    merged = merge_tiles(torch.stack([tiles * (k + 1) for k in range(3)], dim=1), offsets, 2, 45, 37)
-    assert torch.allclose(merged, heads, atol=1e-6)
-    assert torch.allclose(merge_tiles(tiles, offsets, 2, 45, 37), lq, atol=1e-6)
+    tiling = GridTiling({'crop_size_h': 20, 'crop_size_w': 16}, None)
+    assert len(tiling.windows(45, 37)) == 3 * 3
+    net = _PixelwiseHeads()
+    merged = InferenceRunner(net, tiling=tiling)(lq)
+    assert net.sizes == [(9 * 2, 3, 20, 16)]  # every tile of every sample in one forward
+    assert torch.allclose(merged, torch.stack([lq * (k + 1) for k in range(3)], dim=1), atol=1e-6)
+    net.sizes.clear()
+    InferenceRunner(net, tiling=tiling, max_minibatch=4)(lq)
+    assert net.sizes == [(4, 3, 20, 16)] * 4 + [(2, 3, 20, 16)]
 
 
 def _zero_output_layer(model, head_bias=True):

@@ -11,9 +11,9 @@ from conftest import srmodel_options, write_options
 
 import basicsr_mh_cli as cli
 from basicsr_mh.archs.multihead_layers import image_scores
+from basicsr_mh.inference import InferenceRunner
 from basicsr_mh.tools.common import build_net
 from basicsr_mh.tools.export import build_plain, export_head
-from basicsr_mh.tools.runner import HeadRunner
 from basicsr_mh.tools.selection import select
 from basicsr_mh.train import train_pipeline
 
@@ -196,9 +196,9 @@ def test_infer_select_scores_and_scored_mean(scored_files):
         else:
             assert rows[1].endswith('scored-mean')
     # tiled: the logits are blended as the heads; the result stays close to the whole-image one
-    runner = HeadRunner(net, 'cpu', tile=32, overlap=8, with_scores=True)
+    runner = InferenceRunner.for_images(net, 'cpu', tile=32, overlap=8, with_scores=True)
     tiled_heads, tiled_scores = runner(x)
-    whole_heads, whole_scores = HeadRunner(net, 'cpu', with_scores=True)(x)
+    whole_heads, whole_scores = InferenceRunner.for_images(net, 'cpu', with_scores=True)(x)
     assert tiled_scores.shape == whole_scores.shape == (1, 6, 40, 52)
     assert float((tiled_heads - whole_heads).abs().mean()) < 0.05
 

@@ -9,8 +9,8 @@ from conftest import write_options
 from torch import nn
 
 import basicsr_mh_cli as cli
+from basicsr_mh.inference import InferenceRunner
 from basicsr_mh.tools.common import build_net
-from basicsr_mh.tools.runner import HeadRunner
 from basicsr_mh.tools.selection import select, sharpness_scores
 
 NAFNET = dict(type='NAFNet', img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
@@ -158,17 +158,17 @@ def test_tiling_equals_whole_image_for_per_pixel_network_and_padding_found():
     torch.manual_seed(0)
     net = _NeedsMultipleOf8().eval()
     x = torch.rand(1, 3, 37, 45)
-    whole_runner = HeadRunner(net, tile=0)
+    whole_runner = InferenceRunner.for_images(net, tile=0)
     whole = whole_runner(x)
     assert whole.shape == (1, 1, 3, 37, 45) and whole_runner.pad_multiple == 8
-    tiled = HeadRunner(net, tile=20, overlap=4)(x)
+    tiled = InferenceRunner.for_images(net, tile=20, overlap=4)(x)
     torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-6)
 
 
 def test_tiling_close_for_nafnet_with_overlap():
     net, _ = build_net({'network_g': dict(NAFNET, num_heads=2, combine=True)})
     x = torch.rand(1, 3, 70, 90, generator=torch.Generator().manual_seed(0))
-    whole = HeadRunner(net, tile=0)(x)
-    tiled = HeadRunner(net, tile=48, overlap=16)(x)
+    whole = InferenceRunner.for_images(net, tile=0)(x)
+    tiled = InferenceRunner.for_images(net, tile=48, overlap=16)(x)
     assert tiled.shape == whole.shape == (1, 3, 3, 70, 90)
     assert float((tiled - whole).abs().mean()) < 0.02

@@ -1,48 +1,30 @@
 """MultiHeadImageRestorationModel: train K heads with the min-head loss and validate every head (Eq. 7a/7b)."""
-import math
 import os
 import torch
 import torch.nn.functional as F
-from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.models.sr_model import SRModel
-from basicsr.utils import get_root_logger, imwrite, tensor2img
+from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from collections import OrderedDict
 from copy import deepcopy
-from os import path as osp
 from torch.nn.parallel import DataParallel, DistributedDataParallel
-from torch.utils.data import default_collate
-from tqdm import tqdm
 
 from ..archs.multihead_arch import MultiHeadArch
 from ..archs.multihead_layers import image_scores
-from ..heads import MULTIHEAD_META_KEY, head_pair_name, strip_module_prefix
+from ..heads import MULTIHEAD_META_KEY, strip_module_prefix
+from ..inference import GridTiling, InferenceRunner, check_grid_options
 from ..losses.min_head_loss import ASSIGNMENT_KEYS, MinHeadLoss, log_loss_upgrade
-from ..metrics import per_head_many
 from ..options import check_score_weight, upgrade_options
-from .checkpoint import (NonFiniteError, atomic_torch_save, check_finite_state, checkpoint_trust, get_rng_state,
-                         read_checkpoint)
+from .checkpoint import atomic_torch_save, check_finite_state, checkpoint_trust, get_rng_state, read_checkpoint
 from .lr_scheduler import build_scheduler
-from .tiling import check_grid_options, grid_crop_size, merge_tiles, split_tiles
+from .nonfinite import NonFiniteGuard
 from .train_augment import MixingAugment, ProgressiveTraining
-from .validation import HeadMetricAccumulator
-
-
-def float_psnr_per_head(heads, gt, crop_border=0):
-    """PSNR of float images with peak 1, no quantization: ``(B, K', C, H, W)``, ``(B, C, H, W)`` -> ``(B, K')``.
-
-    The forks' ``use_image: false`` path (``calculate_psnr`` on the output tensors).
-    """
-    if crop_border:
-        heads = heads[..., crop_border:-crop_border, crop_border:-crop_border]
-        gt = gt[..., crop_border:-crop_border, crop_border:-crop_border]
-    mse = (heads.double() - gt.double().unsqueeze(1)).pow(2).flatten(2).mean(dim=2)
-    return (10 * torch.log10(1.0 / mse)).cpu()
+from .validation import HeadValidation
 
 
 @MODEL_REGISTRY.register()
-class MultiHeadImageRestorationModel(SRModel):
+class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
     """Image restoration model for a network with K' output heads (a :class:`MultiHeadArch`).
 
     Training: the pixel loss is wrapped in :class:`MinHeadLoss` when it is a plain loss, and applied to every stage
@@ -140,7 +122,8 @@ class MultiHeadImageRestorationModel(SRModel):
         self.ema_decay = train_opt.get('ema_decay', 0)
         if self.ema_decay > 0:
             logger.info(f'Use Exponential Moving Average with decay: {self.ema_decay}')
-            self.net_g_ema = build_network(self.opt['network_g']).to(self.device)
+            # a copy of net_g, not a second build (a build runs the backbone to measure the heads' start)
+            self.net_g_ema = deepcopy(self.get_bare_model(self.net_g)).to(self.device)
             load_path = self.opt['path'].get('pretrain_network_g', None)
             if load_path is not None:
                 self.load_network(self.net_g_ema, load_path, self.opt['path'].get('strict_load_g', True), 'params_ema')
@@ -311,59 +294,6 @@ class MultiHeadImageRestorationModel(SRModel):
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 
-    def _finite_on_all_ranks(self, value):
-        """Whether ``value`` is finite on every rank (one all-reduce in distributed training)."""
-        flag = torch.isfinite(torch.as_tensor(value, dtype=torch.float32)).all().float().to(self.device)
-        if self.opt.get('dist') and torch.distributed.is_available() and torch.distributed.is_initialized():
-            flag = flag.reshape(1).clone()
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        return bool(flag.min() > 0)
-
-    def _head_name(self, index):
-        return head_pair_name(int(index), self.num_heads, self.combine) if self.num_outputs > 1 else 'output'
-
-    def _nonfinite_loss_detail(self, stages, stage_losses, loss_dict):
-        """Which loss terms, heads, samples and inputs are not finite, as text for the error message."""
-        parts = [
-            f'{name} = {float(value.detach()) if torch.is_tensor(value) else value:g}'
-            for name, value in loss_dict.items()
-        ]
-        multi_stage = len(stages) > 1
-        for s, (stage, losses) in enumerate(zip(stages, stage_losses + [None] * len(stages))):
-            where = f'stage {s} ' if multi_stage else ''
-            if losses is not None:
-                bad = (~torch.isfinite(losses)).nonzero().tolist()
-                if bad:
-                    shown = ', '.join(f'head {self._head_name(k)} of sample {b}' for b, k in bad[:8])
-                    parts.append(f'{where}non-finite MinHeadLoss per-head loss for {shown}'
-                                 f'{f" and {len(bad) - 8} more" if len(bad) > 8 else ""}')
-            out = stage.detach()
-            if out.dim() == 5:
-                bad_heads = (~torch.isfinite(out)).flatten(2).any(dim=2).any(dim=0).nonzero().flatten().tolist()
-                if bad_heads:
-                    parts.append(f'{where}network output not finite in head(s) '
-                                 f'{", ".join(self._head_name(k) for k in bad_heads)}')
-            elif not bool(torch.isfinite(out).all()):
-                parts.append(f'{where}network output not finite')
-        for name in ('lq', 'gt'):
-            tensor = getattr(self, name, None)
-            if tensor is not None and not bool(torch.isfinite(tensor).all()):
-                parts.append(f'the input batch `{name}` has NaN/inf values (check the dataset)')
-        return '; '.join(parts)
-
-    def _nonfinite_step(self, current_iter, what, detail):
-        """Raise :class:`NonFiniteError`, or skip this step with a warning when ``train.skip_nonfinite`` is true."""
-        message = f'Non-finite {what} at iteration {current_iter}: {detail}.'
-        self.optimizer_g.zero_grad()
-        if not self.opt['train'].get('skip_nonfinite', False):
-            raise NonFiniteError(message + ' No checkpoint of this step is written. Fix: lower train.optim_g.lr, set '
-                                 'train.use_grad_clip: true, check the data, or set `train.skip_nonfinite: true` to '
-                                 'skip such steps; resume with --auto_resume.')
-        self.skipped_steps += 1
-        get_root_logger().warning(message + f' Step skipped (train.skip_nonfinite; {self.skipped_steps} skipped so '
-                                  'far).')
-        self.log_dict = OrderedDict(skipped_steps=float(self.skipped_steps))
-
     def score_loss(self, scores, winners):
         """Binary cross-entropy of the score branch against the winners (resilient MCL, Letzelter et al. 2023).
 
@@ -460,36 +390,16 @@ class MultiHeadImageRestorationModel(SRModel):
                 net.train()
 
     def inference(self, net, lq):
-        """``net`` on ``lq`` with the ``val`` options: ``grids`` tiling, ``window_size`` padding, ``max_minibatch``."""
+        """``net`` on ``lq`` (B, C, h, w) with the ``val`` options (``grids`` tiling, ``window_size`` padding,
+        ``max_minibatch``) through the one :class:`~basicsr_mh.inference.InferenceRunner`: the final stage's heads
+        (B, K', C, H, W), or (B, C, H, W) for a plain network."""
         val_opt = self.opt.get('val') or {}
-        if not val_opt.get('grids', False):
-            return self._forward_padded(net, lq)
-        height, width = lq.shape[-2] * self.scale, lq.shape[-1] * self.scale
-        crop_h, crop_w = grid_crop_size(val_opt, (self.opt.get('datasets') or {}).get('train'), height, width,
-                                        self.scale)
-        tiles, offsets = split_tiles(lq, crop_h, crop_w, self.scale)
-        return merge_tiles(self._forward_padded(net, tiles), offsets, lq.shape[0], height, width)
-
-    def _forward_padded(self, net, lq):
-        """Reflect-pad to a multiple of ``val.window_size`` (Restormer), run, crop back."""
-        window = (self.opt.get('val') or {}).get('window_size') or 0
-        height, width = lq.shape[-2:]
-        pad_h, pad_w = (-height) % window if window else 0, (-width) % window if window else 0
-        if pad_h or pad_w:
-            lq = torch.nn.functional.pad(lq, (0, pad_w, 0, pad_h), 'reflect')
-        out = self._forward_batched(net, lq)
-        if pad_h or pad_w:
-            out = out[..., :height * self.scale, :width * self.scale]
-        return out
-
-    def _forward_batched(self, net, lq):
-        """``net`` on chunks of at most ``val.max_minibatch`` samples; the last stage of list outputs."""
-        step = (self.opt.get('val') or {}).get('max_minibatch') or lq.shape[0]
-        outs = []
-        for start in range(0, lq.shape[0], step):
-            out = net(lq[start:start + step])
-            outs.append(out[self.final_index] if isinstance(out, (list, tuple)) else out)
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+        tiling = GridTiling(val_opt, (self.opt.get('datasets') or {}).get('train'), self.scale) if val_opt.get(
+            'grids', False) else None
+        heads = InferenceRunner(
+            net, val_opt.get('window_size'), tiling=tiling, max_minibatch=val_opt.get('max_minibatch'))(
+                lq)
+        return heads if isinstance(self.get_bare_model(net), MultiHeadArch) else heads[:, 0]
 
     def heads_output(self):
         """The last output as (B, K', C, H, W) (a plain network's (B, C, H, W) becomes K' = 1)."""
@@ -502,158 +412,6 @@ class MultiHeadImageRestorationModel(SRModel):
         if hasattr(self, 'gt'):
             out_dict['gt'] = self.gt.detach().cpu()
         return out_dict
-
-    # ------------------------------------------------------------------ validation
-    def validation(self, dataloader, current_iter, tb_logger, save_img=False, rgb2bgr=None, use_image=None):
-        """BasicSR's validation (sharded over the ranks when distributed); ``rgb2bgr``/``use_image`` (the forks'
-        extra arguments) override ``val.rgb2bgr``/``val.use_image`` (default true)."""
-        flags = self.validation_flags(rgb2bgr, use_image)
-        if self.opt.get('dist'):
-            self._validate(*self._shard(dataloader), current_iter, tb_logger, save_img, flags)
-        else:
-            self._validate(dataloader.dataset, enumerate(dataloader), len(dataloader), current_iter, tb_logger,
-                           save_img, flags)
-
-    def validation_flags(self, rgb2bgr=None, use_image=None):
-        """``{'rgb2bgr': bool, 'use_image': bool}``: the arguments where given, else ``val.*``, else true."""
-        val_opt = self.opt.get('val') or {}
-        given = {'rgb2bgr': rgb2bgr, 'use_image': use_image}
-        return {name: bool(val_opt.get(name, True) if value is None else value) for name, value in given.items()}
-
-    def head_scores(self, heads, gt, metrics_opt, flags=None):
-        """``{name: (B, K')}`` for the ``val.metrics`` entries; ``flags`` (:meth:`validation_flags`, default the
-        ``val`` options) set ``rgb2bgr`` and ``use_image``.
-
-        ``rgb2bgr: false`` evaluates the RGB images as BGR ones (as the forks' ``tensor2img(rgb2bgr=False)``; it
-        matters for ``test_y_channel``). ``use_image: false`` computes ``calculate_psnr`` without ``test_y_channel`` on
-        the float outputs (peak 1) instead of the uint8 images; other metrics stay on uint8 images.
-        """
-        flags = flags or self.validation_flags()
-        if not flags['rgb2bgr'] and heads.shape[-3] == 3:
-            heads, gt = heads.flip(-3), gt.flip(-3)
-        use_image = flags['use_image']
-        scores, on_images = {}, {}
-        for name, metric_opt in metrics_opt.items():
-            if not use_image and metric_opt.get('type') == 'calculate_psnr' and not metric_opt.get('test_y_channel'):
-                scores[name] = float_psnr_per_head(heads, gt, metric_opt.get('crop_border', 0))
-            else:
-                on_images[name] = metric_opt
-        scores.update(per_head_many(heads, gt, on_images))  # a PSNR and an SSIM entry share one pass
-        return {name: scores[name] for name in metrics_opt}
-
-    def _named_head_scores(self, heads, metrics_opt, flags, dataset_name, val_data):
-        """:meth:`head_scores` on ``self.gt``; a metric that fails raises a RuntimeError naming the metric, the dataset
-        and the image (a metric inside BasicSR, e.g. NIQE on a small image, fails with no such context)."""
-        try:
-            return self.head_scores(heads, self.gt, metrics_opt, flags)
-        except Exception as err:  # noqa: BLE001  (re-raised with the context below)
-            failing = next(iter(metrics_opt))
-            for name in metrics_opt:  # which one: each alone
-                try:
-                    self.head_scores(heads, self.gt, {name: metrics_opt[name]}, flags)
-                except Exception:  # noqa: BLE001
-                    failing = name
-                    break
-            image = (val_data.get('lq_path') or ['?'])[0]
-            raise RuntimeError(f'val.metrics.{failing} ({metrics_opt[failing].get("type")}) failed on dataset '
-                               f'{dataset_name}, image {image}: {type(err).__name__}: {err}. Fix: check that metric\'s '
-                               'options, or remove it from val.metrics for this dataset.') from err
-
-    def _shard(self, dataloader):
-        """(dataset, this rank's batches (indices rank::world_size), their count): the sums are reduced afterwards,
-        so all ranks agree."""
-        dataset = dataloader.dataset
-        rank, world = self.opt['rank'], self.opt['world_size']
-        batches = ((idx, default_collate([dataset[idx]])) for idx in range(rank, len(dataset), world))
-        return dataset, batches, math.ceil(len(dataset) / world)
-
-    def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        """BasicSR's entry point: :meth:`validation` when distributed."""
-        self._validate(*self._shard(dataloader), current_iter, tb_logger, save_img, self.validation_flags())
-
-    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        """BasicSR's entry point: :meth:`validation` in one process."""
-        self._validate(dataloader.dataset, enumerate(dataloader), len(dataloader), current_iter, tb_logger, save_img,
-                       self.validation_flags())
-
-    def _validate(self, dataset, batches, num_batches, current_iter, tb_logger, save_img, flags):
-        dataset_name = dataset.opt['name']
-        val_opt = self.opt['val']
-        metrics_opt = val_opt.get('metrics') or {}
-        with_metrics = bool(metrics_opt)
-        if with_metrics:
-            self._initialize_best_metric_results(dataset_name)
-        accumulator = HeadMetricAccumulator(metrics_opt, self.num_outputs)
-        save_all = val_opt.get('save_all_heads', False)
-        first_metric = next(iter(metrics_opt), None)
-        pbar = tqdm(total=num_batches, unit='image') if val_opt.get('pbar', False) and self.opt['rank'] == 0 else None
-        for _, val_data in batches:
-            self.feed_data(val_data, is_val=True)
-            self.test()
-            heads = self.heads_output()
-            scores = {}
-            if with_metrics and hasattr(self, 'gt'):
-                scores = self._named_head_scores(heads, metrics_opt, flags, dataset_name, val_data)
-                accumulator.add(scores)
-            if save_img:
-                self._save_images(val_data, heads, scores.get(first_metric), metrics_opt.get(first_metric), save_all,
-                                  dataset_name, current_iter, flags['rgb2bgr'])
-            del self.lq, self.output
-            if hasattr(self, 'gt'):
-                del self.gt
-            if pbar is not None:
-                pbar.update(1)
-        if pbar is not None:
-            pbar.close()
-        if with_metrics:
-            if self.opt.get('dist'):
-                accumulator.all_reduce(self.device)
-            if accumulator.count == 0:
-                get_root_logger().warning(f'Validation {dataset_name}: no image had a ground truth; no metrics.')
-                return
-            self.metric_results = accumulator.results()
-            self.best_head = accumulator.best_head(first_metric)
-            for name in metrics_opt:
-                self._update_best_metric_result(dataset_name, name, self.metric_results[name], current_iter)
-            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
-
-    def _save_images(self, val_data, heads, first_scores, first_opt, save_all, dataset_name, current_iter, rgb2bgr):
-        """Save each image's best head (per-image best by the first metric; the recorded best head without GT)."""
-        higher = (first_opt or {}).get('better', 'higher') == 'higher'
-        for b in range(heads.shape[0]):
-            img_name = osp.splitext(osp.basename(val_data['lq_path'][b]))[0]
-            if first_scores is not None:
-                row = first_scores[b]
-                best = int(torch.argmax(row) if higher else torch.argmin(row))
-            else:
-                best = self.best_head
-            picks = range(heads.shape[1]) if save_all else [best]
-            for k in picks:
-                suffix = '' if not save_all else f'_h{k}'
-                image = tensor2img(heads[b, k].detach().cpu(), rgb2bgr=rgb2bgr)
-                imwrite(image, self._image_path(dataset_name, img_name, current_iter, suffix))
-
-    def _image_path(self, dataset_name, img_name, current_iter, suffix):
-        vis = self.opt['path']['visualization']
-        if self.opt['is_train']:
-            return osp.join(vis, img_name, f'{img_name}_{current_iter}{suffix}.png')
-        tag = self.opt['val'].get('suffix') or self.opt['name']
-        return osp.join(vis, dataset_name, f'{img_name}_{tag}{suffix}.png')
-
-    def _log_validation_metric_values(self, current_iter, dataset_name, tb_logger):
-        lines = [f'Validation {dataset_name}']
-        best = getattr(self, 'best_metric_results', {}).get(dataset_name, {})
-        for metric, value in self.metric_results.items():
-            line = f'\t # {metric}: {value:.4f}'
-            if metric in best:
-                line += f'\tBest: {best[metric]["val"]:.4f} @ {best[metric]["iter"]} iter'
-            if metric == 'best_head' and self.num_outputs > 1:
-                line += f'\t({head_pair_name(int(value), self.num_heads, self.combine)})'
-            lines.append(line)
-        get_root_logger().info('\n'.join(lines) + '\n')
-        if tb_logger:
-            for metric, value in self.metric_results.items():
-                tb_logger.add_scalar(f'metrics/{dataset_name}/{metric}', value, current_iter)
 
     # ------------------------------------------------------------------ checkpoints
     def multihead_meta(self):

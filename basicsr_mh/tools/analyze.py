@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from basicsr_mh.archs.multihead_layers import image_scores
+from basicsr_mh.inference import InferenceRunner
 from basicsr_mh.metrics import per_head
 from basicsr_mh_cli.parsers import analyze_parser
 from ..figures import (RESIDUAL_CMAP, SIGNED_CMAP, colorize, most_different_pair, plot_bars, plot_comparison,
@@ -32,7 +33,6 @@ from ..metrics import RGB_PSNR_SSIM
 from .common import ToolError, head_name, head_pairs, load_model, read_options, run_tool
 from .guards import output_file
 from .infer import pick_device
-from .runner import HeadRunner
 from .selection import RULES, SCORED_RULES, select
 
 DEFAULT_METRICS = RGB_PSNR_SSIM
@@ -112,8 +112,8 @@ def analyze(opt,
     data = build_eval_dataset(opt, dataset)
     with_scores = bool(getattr(net, 'head_scores', False))
     rules = [r for r in RULES if with_scores or r not in SCORED_RULES]
-    runner = HeadRunner(net, pick_device(device), tile, tile_overlap, (opt.get('val') or {}).get('window_size'),
-                        with_scores)
+    runner = InferenceRunner.for_images(net, pick_device(device), tile, tile_overlap,
+                                        (opt.get('val') or {}).get('window_size'), with_scores)
     metrics, psnr_opt = _metric_options(opt)
     first = next(iter(metrics))
     pairs = head_pairs(net)

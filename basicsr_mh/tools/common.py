@@ -177,16 +177,3 @@ def parse_head(spec, net, checkpoint):
         raise ToolError(f'head {index} does not exist: the network has {len(pairs)} extended heads '
                         f'(h0..h{len(pairs) - 1}).')
     return index
-
-
-def final_output_index(net, num_outputs):
-    """Position of the final restoration among a multi-stage backbone's outputs, in ``range(num_outputs)``."""
-    backbone = getattr(net, 'backbone', net) if isinstance(net, MultiHeadArch) else net
-    return getattr(backbone, 'final_output_index', -1) % num_outputs
-
-
-def final_output(out, net):
-    """The final restoration of a network output (list for multi-stage backbones) as ``(B, K', C, H, W)``."""
-    if isinstance(out, (list, tuple)):
-        out = out[final_output_index(net, len(out))]
-    return out if out.dim() == 5 else out.unsqueeze(1)

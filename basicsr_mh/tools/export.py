@@ -25,8 +25,9 @@ from basicsr_mh.models.checkpoint import atomic_torch_save, checkpoint_trust, re
 from basicsr_mh.version import __version__
 from basicsr_mh_cli.parsers import export_parser
 from ..heads import MULTIHEAD_META_KEY
-from .common import (MEAN_HEAD, ToolError, build_net, check_meta, final_output, final_output_index, head_name,
-                     load_state, parse_head, read_options, run_tool, state_of)
+from ..inference import final_output, final_output_index
+from .common import (MEAN_HEAD, ToolError, build_net, check_meta, head_name, load_state, parse_head, read_options,
+                     run_tool, state_of)
 
 EXPORT_META_KEY = 'exported_from'
 _EQUAL_RTOL = 1e-6

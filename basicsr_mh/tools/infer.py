@@ -18,10 +18,10 @@ import torch
 from tqdm import tqdm
 
 from basicsr_mh.archs.tail_probe import find_in_channels
+from basicsr_mh.inference import InferenceRunner
 from basicsr_mh_cli.parsers import infer_parser
 from .common import MEAN_HEAD, ToolError, head_name, head_pairs, load_model, parse_head, read_options, run_tool
 from .guards import output_file, oversized_image, write_atomic
-from .runner import HeadRunner
 from .selection import SCORED_RULES, select
 
 
@@ -158,7 +158,8 @@ def _run(args):
     if with_scores and not getattr(net, 'head_scores', False):
         raise ToolError(f'--select {args.select} needs a model trained with network_g.head_scores: true (this one has '
                         'no score branch). Fix: --select consensus, mean or sharpness.')
-    runner = HeadRunner(net, pick_device(args.device), args.tile, args.tile_overlap, window, with_scores)
+    runner = InferenceRunner.for_images(net, pick_device(args.device), args.tile, args.tile_overlap, window,
+                                        with_scores)
     stems = output_stems(files)
     for name in output_names(stems, heads_spec, indices, args.select):  # every name checked before any work
         output_file(args.output, name)
