@@ -2,9 +2,14 @@
 # isort: off
 import basicsr_mh  # noqa: F401  (must precede basicsr imports: installs the torchvision alias)
 # isort: on
+import contextlib
 import copy
+import os
 import pytest
+import sys
+import types
 import yaml
+from pathlib import Path
 
 from basicsr_mh.data.example_pairs import make_pair_folder
 from basicsr_mh.metrics import RGB_PSNR_SSIM
@@ -24,6 +29,87 @@ TINY_RESTORMER = dict(
     LayerNorm_type='WithBias',
     dual_pixel_task=False)
 PHOTOS = ('astronaut', 'coffee', 'rocket', 'chelsea', 'retina', 'immunohistochemistry')
+
+# ------------------------------------------------------------------------------------------ the reference harness
+#: Where the published files of each code base lie in a checkout of the paper's reference code
+#: (Liu-SD/multi-output-deblur) or of the original repository; the first folder that has all requested files wins.
+REFERENCE_FOLDERS = {
+    'nafnet': ('NAFNet-main/basicsr/models/archs', 'basicsr/models/archs', '.'),
+    'restormer':
+    ('Restormer-main/basicsr_restormer/models/archs', 'basicsr_restormer/models/archs', 'basicsr/models/archs', '.'),
+    'mprnet': ('MPRNet-main/Deblurring', 'Deblurring', '.'),
+}
+#: The package the BasicSR-style reference files import each other from (PyPI's BasicSR lacks it).
+REFERENCE_PACKAGE = 'basicsr.models.archs'
+
+
+def _exec_file(path, name):
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    exec(compile(path.read_text(), str(path), 'exec'), module.__dict__)
+    return module
+
+
+@contextlib.contextmanager
+def load_reference(code, files, package=False, needs=()):
+    """The published reference files of one code base, for tests of equality with the reference code.
+
+    Skips the test when ``BASICSR_MH_REFERENCE`` (a checkout) is unset, lacks the files, or a module in ``needs`` is
+    not installed.
+
+    Args:
+        code (str): a key of :data:`REFERENCE_FOLDERS`.
+        files (Sequence[str]): file names without ``.py``, dependencies first.
+        package (bool): load them as ``basicsr.models.archs.<name>`` (they import each other from there): a fake
+            package and the modules sit in ``sys.modules`` for the duration of the context, then the previous
+            entries are restored. Otherwise each file is executed in a module of its own.
+        needs (Sequence[str]): modules the reference code imports (``einops``).
+
+    Yields:
+        dict[str, module]: the loaded modules by file name.
+    """
+    root = os.environ.get('BASICSR_MH_REFERENCE')
+    if not root:
+        pytest.skip('set BASICSR_MH_REFERENCE to a checkout of the reference code (Liu-SD/multi-output-deblur)')
+    folder = next((Path(root) / sub for sub in REFERENCE_FOLDERS[code] if all(
+        (Path(root) / sub / f'{name}.py').is_file() for name in files)), None)
+    if folder is None:
+        pytest.skip(f'no {", ".join(name + ".py" for name in files)} found under BASICSR_MH_REFERENCE={root}')
+    for module in needs:
+        pytest.importorskip(module, reason=f'the reference {code} code needs {module}')
+    if not package:
+        yield {name: _exec_file(folder / f'{name}.py', f'_reference_{name}') for name in files}
+        return
+    names = [REFERENCE_PACKAGE] + [f'{REFERENCE_PACKAGE}.{name}' for name in files]
+    saved = {name: sys.modules[name] for name in names if name in sys.modules}
+    try:
+        fake = types.ModuleType(REFERENCE_PACKAGE)
+        fake.__path__ = [str(folder)]
+        sys.modules[REFERENCE_PACKAGE] = fake
+        loaded = {}
+        for name in files:
+            module = types.ModuleType(f'{REFERENCE_PACKAGE}.{name}')
+            module.__file__ = str(folder / f'{name}.py')
+            sys.modules[module.__name__] = module
+            exec(compile((folder / f'{name}.py').read_text(), module.__file__, 'exec'), module.__dict__)
+            loaded[name] = module
+        yield loaded
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+
+
+@pytest.fixture(scope='session')
+def reference_code():
+    """:func:`load_reference`, for module fixtures: ``with reference_code('nafnet', files, package=True) as m:``."""
+    return load_reference
+
+
+def state_layout(model_or_state):
+    """``[(key, shape), ...]`` of a module's or a state dict's entries, in order (to compare checkpoint layouts)."""
+    state = model_or_state.state_dict() if hasattr(model_or_state, 'state_dict') else model_or_state
+    return [(key, tuple(value.shape)) for key, value in state.items()]
 
 
 @pytest.fixture(scope='session')

@@ -11,13 +11,12 @@ stage-1 head images concatenated. Optional tests run the published code (see ``t
 import basicsr_mh  # noqa: F401  (must come before basicsr)
 # isort: on
 import copy
-import os
 import pytest
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from collections import OrderedDict
 # helpers of the TLC tests (pytest puts tests/ on sys.path: the folder has no __init__.py)
-from test_local_arch import find_reference_archs, reference_arch_modules
+from conftest import load_reference, state_layout
 from torch import nn as nn
 from torch.nn import functional as F
 
@@ -94,11 +93,6 @@ def reference_layout(in_chn=3, wf=64, depth=5, relu_slope=0.2, hin_position_left
     return layout
 
 
-def _layout(model_or_state):
-    state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
-    return [(key, tuple(value.shape)) for key, value in state.items()]
-
-
 def randomize(model, seed=0):
     """Give every bias and norm affine parameter non-trivial values (biases start at 0, norms at 1 / 0)."""
     gen = torch.Generator().manual_seed(seed)
@@ -119,7 +113,7 @@ def test_published_layout_and_parameter_count(config, n_params):
     with torch.device('meta'):
         model = HINet(**config)
         local = HINetLocal(**config)
-    assert _layout(model) == expected == _layout(local)
+    assert state_layout(model) == expected == state_layout(local)
     assert sum(p.numel() for p in model.parameters()) == n_params
     assert not list(model.buffers())
 
@@ -129,7 +123,7 @@ def test_small_layouts_registration_and_strict_load():
     from basicsr.archs import build_network
     for config in (TINY, dict(in_chn=1, wf=4, depth=2, hin_position_left=0, hin_position_right=0), dict(wf=4, depth=1)):
         net = build_network(dict(type='HINet', **config))
-        assert _layout(net) == reference_layout(**config)
+        assert state_layout(net) == reference_layout(**config)
         other = HINetLocal(**config)
         other.load_state_dict(randomize(net).state_dict(), strict=True)
 
@@ -277,7 +271,7 @@ def test_multihead_hinet_both_stages_exact(combine):
         'last.bias': (3 * k, ),
         'sam12.conv3.weight': (8, 3 * k, 3, 3)
     }
-    assert {key: shape for key, shape in _layout(state) if plain_layout[key] != shape} == grown
+    assert {key: shape for key, shape in state_layout(state) if plain_layout[key] != shape} == grown
     n_plain = sum(torch.Size(s).numel() for s in plain_layout.values())
     extra = (k - 1) * (2 * (3 * 8 * 9 + 3) + 8 * 3 * 9)
     assert sum(p.numel() for p in net.parameters()) == n_plain + extra
@@ -396,13 +390,7 @@ def test_multihead_hinet_deepcopy_and_float64():
 # --------------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope='module')
 def reference():
-    root = os.environ.get('BASICSR_MH_REFERENCE')
-    if not root:
-        pytest.skip('set BASICSR_MH_REFERENCE to a checkout of the reference code')
-    arch_dir = find_reference_archs(root)
-    if arch_dir is None or not (arch_dir / 'mhhinet_arch.py').is_file():
-        pytest.skip(f'no hinet_arch.py / mhhinet_arch.py found under BASICSR_MH_REFERENCE={root}')
-    with reference_arch_modules(arch_dir, ('local_arch', 'hinet_arch', 'mhhinet_arch')) as modules:
+    with load_reference('nafnet', ('local_arch', 'hinet_arch', 'mhhinet_arch'), package=True) as modules:
         yield modules
 
 
@@ -419,7 +407,7 @@ def test_matches_reference(reference, config, size, local):
     else:
         ref_net, net = reference['hinet_arch'].HINet(**config), HINet(**config)
     ref_net, net = randomize(ref_net, seed=1).eval(), net.eval()
-    assert _layout(net) == _layout(ref_net)
+    assert state_layout(net) == state_layout(ref_net)
     net.load_state_dict(ref_net.state_dict(), strict=True)
     x = torch.rand(size)
     with torch.no_grad():
@@ -432,7 +420,7 @@ def test_reference_mhhinet_loads_strictly_and_matches(reference, combine):
     torch.manual_seed(0)
     ref_net = randomize(reference['mhhinet_arch'].MHHINet(**TINY, n_heads=3, combinate_heads=combine), seed=1).eval()
     net = _mh_hinet(num_heads=3, combine=combine)
-    assert _layout(net.state_dict()) == _layout(ref_net)
+    assert state_layout(net.state_dict()) == state_layout(ref_net)
     net.load_state_dict(ref_net.state_dict(), strict=True)
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in ref_net.parameters())
     x = torch.rand(2, 3, 16, 24)

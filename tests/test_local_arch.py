@@ -16,16 +16,12 @@ They are skipped otherwise.
 # isort: off
 import basicsr_mh  # noqa: F401  (must come before basicsr)
 # isort: on
-import contextlib
-import os
 import pytest
-import sys
 import torch
-import types
 from basicsr.utils.registry import ARCH_REGISTRY
-from pathlib import Path
 # helpers of the NAFNet tests (pytest puts tests/ on sys.path: the folder has no __init__.py)
-from test_nafnet_arch import _layout, _randomize_block_scalars, reference_layout
+from conftest import load_reference, state_layout
+from test_nafnet_arch import _randomize_block_scalars, reference_layout
 from torch import nn as nn
 from torch.nn import functional as F
 
@@ -184,7 +180,7 @@ def test_registered_same_keys_as_nafnet_and_kernels():
     net = build_network(dict(type='NAFNetLocal', **TINY, train_size=[1, 3, 32, 32]))
     assert isinstance(net, NAFNetLocal) and isinstance(net, LocalBase) and isinstance(net, NAFNet)
     assert net.training  # the conversion keeps the mode
-    assert _layout(net) == reference_layout(**TINY)
+    assert state_layout(net) == reference_layout(**TINY)
     assert not list(net.buffers())
     assert not any(isinstance(m, nn.AdaptiveAvgPool2d) for m in net.modules())
     pools = [block.sca[0] for block in net.modules() if hasattr(block, 'sca')]
@@ -291,63 +287,9 @@ def test_multihead_over_nafnetlocal_heads_are_exact():
 # --------------------------------------------------------------------------------------------------------------------
 # (c) same outputs as the published code (optional)
 # --------------------------------------------------------------------------------------------------------------------
-REF_PACKAGE = 'basicsr.models.archs'
-
-
-def find_reference_archs(root):
-    """The folder of the published BasicSR-style arch files (``local_arch.py``, ``hinet_arch.py``, ...) or None."""
-    root = Path(root)
-    for candidate in (root / 'NAFNet-main' / 'basicsr' / 'models' / 'archs', root / 'basicsr' / 'models' / 'archs',
-                      root):
-        if (candidate / 'local_arch.py').is_file():
-            return candidate
-    return None
-
-
-@contextlib.contextmanager
-def reference_arch_modules(arch_dir, shorts):
-    """Load published arch files under a temporary fake ``basicsr.models.archs`` package.
-
-    The files import ``basicsr.models.archs.<name>``, which PyPI's BasicSR lacks; a fake package and the executed
-    files are put into ``sys.modules`` for the duration of the context, then the previous entries are restored.
-
-    Args:
-        arch_dir (Path): folder of the files.
-        shorts (Sequence[str]): module names in load order (dependencies first), e.g. ``('local_arch', 'hinet_arch')``.
-
-    Yields:
-        dict[str, module]: the loaded modules by short name.
-    """
-    names = [REF_PACKAGE] + [f'{REF_PACKAGE}.{short}' for short in shorts]
-    saved = {name: sys.modules[name] for name in names if name in sys.modules}
-    try:
-        package = types.ModuleType(REF_PACKAGE)
-        package.__path__ = [str(arch_dir)]
-        sys.modules[REF_PACKAGE] = package
-        loaded = {}
-        for short in shorts:
-            path = arch_dir / f'{short}.py'
-            module = types.ModuleType(f'{REF_PACKAGE}.{short}')
-            module.__file__ = str(path)
-            sys.modules[module.__name__] = module
-            exec(compile(path.read_text(), str(path), 'exec'), module.__dict__)
-            loaded[short] = module
-        yield loaded
-    finally:
-        for name in names:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
-
-
 @pytest.fixture(scope='module')
 def reference():
-    root = os.environ.get('BASICSR_MH_REFERENCE')
-    if not root:
-        pytest.skip('set BASICSR_MH_REFERENCE to a checkout of the reference code')
-    arch_dir = find_reference_archs(root)
-    if arch_dir is None or not (arch_dir / 'NAFNet_arch.py').is_file():
-        pytest.skip(f'no local_arch.py / NAFNet_arch.py found under BASICSR_MH_REFERENCE={root}')
-    with reference_arch_modules(arch_dir, ('arch_util', 'local_arch', 'NAFNet_arch')) as modules:
+    with load_reference('nafnet', ('arch_util', 'local_arch', 'NAFNet_arch'), package=True) as modules:
         yield modules
 
 

@@ -9,14 +9,12 @@ earlier stages. Optional tests run the published code (set ``BASICSR_MH_REFERENC
 # isort: off
 import basicsr_mh  # noqa: F401  (must come before basicsr)
 # isort: on
-import os
 import pytest
 import torch
-import types
 from basicsr.utils.registry import ARCH_REGISTRY
-from pathlib import Path
 # helpers of the HINet tests (pytest puts tests/ on sys.path: the folder has no __init__.py)
-from test_hinet_arch import _layout, all_heads_sam, assert_pairs, plain_state, randomize
+from conftest import load_reference, state_layout
+from test_hinet_arch import all_heads_sam, assert_pairs, plain_state, randomize
 from torch import nn as nn
 
 from basicsr_mh.archs.hinet_arch import pad_to_size
@@ -132,7 +130,7 @@ def test_published_layout_and_parameter_count():
     assert _unique_count(expected) == DEFAULT_PARAMS
     with torch.device('meta'):
         model = MPRNet()
-    assert _layout(model) == expected
+    assert state_layout(model) == expected
     assert sum(p.numel() for p in model.parameters()) == DEFAULT_PARAMS
     assert not list(model.buffers())
 
@@ -151,7 +149,7 @@ def test_small_layouts_registration_shared_prelu_and_strict_load():
                        reduction=2)):
         net = build_network(dict(type='MPRNet', **config))
         layout = reference_layout(**config)
-        assert _layout(net) == layout
+        assert state_layout(net) == layout
         assert sum(p.numel() for p in net.parameters()) == _unique_count(layout)
         prelus = {id(m) for m in net.modules() if isinstance(m, nn.PReLU)}
         assert len(prelus) == 1
@@ -257,7 +255,7 @@ def test_multihead_mprnet_all_stages_exact(combine):
         'sam12.conv3.weight': (8, 3 * k, 1, 1),
         'sam23.conv3.weight': (8, 3 * k, 1, 1)
     }
-    assert {key: shape for key, shape in _layout(state) if plain_layout[key] != shape} == grown
+    assert {key: shape for key, shape in state_layout(state) if plain_layout[key] != shape} == grown
     extra = (k - 1) * (3 * 16 * 9 + 4 * 3 * 8)
     assert sum(p.numel() for p in net.parameters()) == _unique_count(plain_layout.items()) + extra
 
@@ -308,22 +306,10 @@ def test_single_head_checkpoint_warm_starts_all_stages():
 # --------------------------------------------------------------------------------------------------------------------
 # same outputs as the published code (optional)
 # --------------------------------------------------------------------------------------------------------------------
-def _load_file(path, name):
-    module = types.ModuleType(name)
-    module.__file__ = str(path)
-    exec(compile(path.read_text(), str(path), 'exec'), module.__dict__)
-    return module
-
-
 @pytest.fixture(scope='module')
 def reference():
-    root = os.environ.get('BASICSR_MH_REFERENCE')
-    if not root:
-        pytest.skip('set BASICSR_MH_REFERENCE to a checkout of the reference code')
-    for folder in (Path(root) / 'MPRNet-main' / 'Deblurring', Path(root) / 'Deblurring', Path(root)):
-        if (folder / 'MPRNet.py').is_file() and (folder / 'MHMPRNet.py').is_file():
-            return {name: _load_file(folder / f'{name}.py', f'_reference_{name}') for name in ('MPRNet', 'MHMPRNet')}
-    pytest.skip(f'no MPRNet.py / MHMPRNet.py found under BASICSR_MH_REFERENCE={root}')
+    with load_reference('mprnet', ('MPRNet', 'MHMPRNet')) as modules:
+        yield modules
 
 
 @pytest.mark.parametrize(
@@ -334,7 +320,7 @@ def test_matches_reference(reference, config, size):
     torch.manual_seed(0)
     ref_net = randomize(reference['MPRNet'].MPRNet(**config), seed=1).eval()
     net = MPRNet(**config).eval()
-    assert _layout(net) == _layout(ref_net)
+    assert state_layout(net) == state_layout(ref_net)
     net.load_state_dict(ref_net.state_dict(), strict=True)
     x = torch.rand(size)
     with torch.no_grad():
@@ -347,7 +333,7 @@ def test_reference_mhmprnet_loads_strictly_and_matches(reference, combine):
     torch.manual_seed(0)
     ref_net = randomize(reference['MHMPRNet'].MPRNet(**TINY, n_heads=3, combinate_heads=combine), seed=1).eval()
     net = _mh_mprnet(num_heads=3, combine=combine)
-    assert _layout(net.state_dict()) == _layout(ref_net)
+    assert state_layout(net.state_dict()) == state_layout(ref_net)
     net.load_state_dict(ref_net.state_dict(), strict=True)
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in ref_net.parameters())
     x = torch.rand(2, 3, 16, 24)

@@ -10,15 +10,14 @@ set ``BASICSR_MH_REFERENCE`` to a checkout of the multi-output deblurring reposi
 import basicsr_mh  # noqa: F401  (must come before basicsr)
 # isort: on
 import copy
-import os
 import pytest
 import sys
 import torch
-import types
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 from collections import OrderedDict
 # helpers of the NAFNet tests (pytest puts tests/ on sys.path: the folder has no __init__.py)
-from test_nafnet_arch import _REF_PACKAGE, _find_reference_archs, _randomize_block_scalars, _reference_modules
+from conftest import REFERENCE_PACKAGE, load_reference, state_layout
+from test_nafnet_arch import _randomize_block_scalars
 from torch import nn as nn
 
 from basicsr_mh.archs.multihead_arch import MultiHeadArch
@@ -30,10 +29,6 @@ from basicsr_mh.losses.psnr_loss import PSNRLoss
 
 TINY = dict(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
 PAIRS_K4 = [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2), (3, 3)]
-
-
-def _layout(state_dict):
-    return [(key, tuple(value.shape)) for key, value in state_dict.items()]
 
 
 def _mh_nafnet(num_heads=4, combine=True, seed=0, **kwargs):
@@ -122,8 +117,8 @@ def test_mhc_nafnet_shapes_params_and_keys():
     assert not any(key.startswith('backbone.') for key in state)
     assert state['ending.weight'].shape == (12, 8, 3, 3) and state['ending.bias'].shape == (12, )
     assert isinstance(net.backbone.ending, MultiHeadConv2d) and net.head_layer_names == ['ending']
-    others = {k: v for k, v in _layout(state) if not k.startswith('ending.')}
-    assert others == {k: v for k, v in _layout(plain.state_dict()) if not k.startswith('ending.')}
+    others = {k: v for k, v in state_layout(state) if not k.startswith('ending.')}
+    assert others == {k: v for k, v in state_layout(plain.state_dict()) if not k.startswith('ending.')}
 
     # odd size (padding + crop): every extended head equals the plain NAFNet run with the pair's mean weights
     plain_outs = _plain_heads(lambda: NAFNet(**TINY), state, 'ending', 3, 4, x)
@@ -187,7 +182,7 @@ def test_reference_checkpoint_loads_and_matches_oracle(combine, n_out):
     assert not any(torch.count_nonzero(v) == 0 for k, v in ref_state.items() if k.endswith(('beta', 'gamma')))
 
     net = MultiHeadArch(backbone=dict(type='NAFNet', **TINY), num_heads=4, combine=combine).eval()
-    assert _layout(net.state_dict()) == _layout(ref_state)
+    assert state_layout(net.state_dict()) == state_layout(ref_state)
     net.load_state_dict(ref_state, strict=True)
     for key, value in net.state_dict().items():
         assert torch.equal(value, ref_state[key]), key
@@ -203,39 +198,24 @@ def test_reference_checkpoint_loads_and_matches_oracle(combine, n_out):
 @pytest.fixture(scope='module')
 def reference_mhnafnet():
     """The reference MHNAFNet class, loaded under a temporary fake ``basicsr.models.archs`` package."""
-    root = os.environ.get('BASICSR_MH_REFERENCE')
-    if not root:
-        pytest.skip('set BASICSR_MH_REFERENCE to a checkout of the multi-output deblurring code')
-    arch_dir = _find_reference_archs(root)
-    if arch_dir is None or not (arch_dir / 'MHNAFNet_arch.py').is_file():
-        pytest.skip(f'no MHNAFNet_arch.py found under BASICSR_MH_REFERENCE={root}')
-    name = f'{_REF_PACKAGE}.MHNAFNet_arch'
-    saved, package_before = sys.modules.get(name), sys.modules.get(_REF_PACKAGE)
-    try:
-        with _reference_modules(arch_dir):
-            path = arch_dir / 'MHNAFNet_arch.py'
-            module = types.ModuleType(name)
-            module.__file__ = str(path)
-            sys.modules[name] = module
-            exec(compile(path.read_text(), str(path), 'exec'), module.__dict__)
-    finally:
-        sys.modules.pop(name, None)
-        if saved is not None:
-            sys.modules[name] = saved
-    assert sys.modules.get(_REF_PACKAGE) is package_before and sys.modules.get(name) is saved  # restored
-    return module.MHNAFNet
+    files = ('arch_util', 'local_arch', 'NAFNet_arch', 'MHNAFNet_arch')
+    package_before = sys.modules.get(REFERENCE_PACKAGE)
+    with load_reference('nafnet', files, package=True) as modules:
+        pass
+    assert sys.modules.get(REFERENCE_PACKAGE) is package_before  # restored
+    return modules['MHNAFNet_arch'].MHNAFNet
 
 
 @pytest.mark.parametrize('combine', [True, False], ids=['combine', 'no-combine'])
 def test_matches_reference_code(reference_mhnafnet, combine):
-    assert f'{_REF_PACKAGE}.MHNAFNet_arch' not in sys.modules
+    assert f'{REFERENCE_PACKAGE}.MHNAFNet_arch' not in sys.modules
     torch.manual_seed(5)
     ref = reference_mhnafnet(**TINY, n_heads=4, combinate_heads=combine)
     _randomize_block_scalars(ref, seed=6)
     _randomize_bias(ref.ending, seed=7)
     ref.eval()
     net = MultiHeadArch(backbone=dict(type='NAFNet', **TINY), num_heads=4, combine=combine).eval()
-    assert _layout(net.state_dict()) == _layout(ref.state_dict())
+    assert state_layout(net.state_dict()) == state_layout(ref.state_dict())
     net.load_state_dict(ref.state_dict(), strict=True)
 
     x = torch.rand(2, 3, 32, 48)

@@ -8,14 +8,10 @@ deblurring repository (with ``NAFNet-main/basicsr/models/archs/NAFNet_arch.py``)
 # isort: off
 import basicsr_mh  # noqa: F401  (must come before basicsr)
 # isort: on
-import contextlib
-import os
 import pytest
-import sys
 import torch
-import types
 from basicsr.utils.registry import ARCH_REGISTRY
-from pathlib import Path
+from conftest import load_reference, state_layout
 from torch import nn as nn
 
 from basicsr_mh.archs.arch_util import LayerNorm2d, SimpleGate
@@ -84,10 +80,6 @@ def reference_layout(img_channel, width, middle_blk_num, enc_blk_nums, dec_blk_n
     return layout
 
 
-def _layout(model):
-    return [(key, tuple(value.shape)) for key, value in model.state_dict().items()]
-
-
 def _build_on_meta(**kwargs):
     """Build a NAFNet without allocating its weights (for layout checks of the large models)."""
     with torch.device('meta'):
@@ -117,7 +109,7 @@ def test_published_layout(config, n_params):
     expected = reference_layout(**config)
     assert sum(torch.Size(shape).numel() for _, shape in expected) == n_params
     model = _build_on_meta(**config)
-    assert _layout(model) == expected
+    assert state_layout(model) == expected
     assert sum(p.numel() for p in model.parameters()) == n_params
     assert not list(model.buffers())
 
@@ -125,7 +117,7 @@ def test_published_layout(config, n_params):
 def test_layout_small_config_and_strict_load():
     config = dict(img_channel=1, width=4, middle_blk_num=2, enc_blk_nums=[2, 1, 3], dec_blk_nums=[1, 2, 1])
     model = NAFNet(**config)
-    assert _layout(model) == reference_layout(**config)
+    assert state_layout(model) == reference_layout(**config)
     other = NAFNet(**config)
     other.load_state_dict(_randomize_block_scalars(model).state_dict(), strict=True)
 
@@ -141,59 +133,9 @@ def test_tlc_ready_pool_modules():
 # --------------------------------------------------------------------------------------------------------------------
 # (b) same outputs as the published code (optional: needs a checkout of the reference repository)
 # --------------------------------------------------------------------------------------------------------------------
-_REF_PACKAGE = 'basicsr.models.archs'
-
-
-def _find_reference_archs(root):
-    root = Path(root)
-    for candidate in (root / 'NAFNet-main' / 'basicsr' / 'models' / 'archs', root / 'basicsr' / 'models' / 'archs',
-                      root):
-        if (candidate / 'NAFNet_arch.py').is_file():
-            return candidate
-    return None
-
-
-@contextlib.contextmanager
-def _reference_modules(arch_dir):
-    """Load the reference ``arch_util``, ``local_arch`` and ``NAFNet_arch`` under a temporary fake package.
-
-    The reference files import ``basicsr.models.archs.<name>``, a package that PyPI's BasicSR lacks. A fake package
-    module and the executed files are put into ``sys.modules`` for the duration of the context, then the previous
-    entries are restored.
-
-    Yields:
-        dict[str, module]: The loaded reference modules, keyed by short name.
-    """
-    names = [_REF_PACKAGE] + [f'{_REF_PACKAGE}.{short}' for short in ('arch_util', 'local_arch', 'NAFNet_arch')]
-    saved = {name: sys.modules[name] for name in names if name in sys.modules}
-    try:
-        package = types.ModuleType(_REF_PACKAGE)
-        package.__path__ = [str(arch_dir)]
-        sys.modules[_REF_PACKAGE] = package
-        loaded = {}
-        for short in ('arch_util', 'local_arch', 'NAFNet_arch'):
-            path = arch_dir / f'{short}.py'
-            module = types.ModuleType(f'{_REF_PACKAGE}.{short}')
-            module.__file__ = str(path)
-            sys.modules[module.__name__] = module
-            exec(compile(path.read_text(), str(path), 'exec'), module.__dict__)
-            loaded[short] = module
-        yield loaded
-    finally:
-        for name in names:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
-
-
 @pytest.fixture(scope='module')
 def reference():
-    root = os.environ.get('BASICSR_MH_REFERENCE')
-    if not root:
-        pytest.skip('set BASICSR_MH_REFERENCE to a checkout of the reference NAFNet code')
-    arch_dir = _find_reference_archs(root)
-    if arch_dir is None:
-        pytest.skip(f'no NAFNet_arch.py found under BASICSR_MH_REFERENCE={root}')
-    with _reference_modules(arch_dir) as modules:
+    with load_reference('nafnet', ('arch_util', 'local_arch', 'NAFNet_arch'), package=True) as modules:
         yield modules
 
 
@@ -207,7 +149,7 @@ def test_matches_reference(reference, config, size):
     torch.manual_seed(0)
     ref_net = _randomize_block_scalars(reference['NAFNet_arch'].NAFNet(**config), seed=1)
     net = NAFNet(**config)
-    assert _layout(net) == _layout(ref_net)
+    assert state_layout(net) == state_layout(ref_net)
     net.load_state_dict(ref_net.state_dict(), strict=True)
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in ref_net.parameters())
 
@@ -389,4 +331,4 @@ def test_registered_and_buildable():
     from basicsr.archs import build_network
     net = build_network(dict(type='NAFNet', **TINY))
     assert isinstance(net, NAFNet)
-    assert _layout(net) == reference_layout(**TINY)
+    assert state_layout(net) == reference_layout(**TINY)

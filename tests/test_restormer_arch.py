@@ -13,12 +13,11 @@ are skipped otherwise, and when ``einops`` (needed by the reference code only) i
 # isort: off
 import basicsr_mh  # noqa: F401  (must come before basicsr)
 # isort: on
-import os
 import pytest
 import torch
-import types
 from basicsr.utils.registry import ARCH_REGISTRY
 from collections import OrderedDict
+from conftest import load_reference, state_layout
 from pathlib import Path
 from torch.nn import functional as F
 
@@ -233,10 +232,6 @@ def published_test_protocol(forward, x, factor=8):
     return forward(padded)[..., :h, :w]
 
 
-def _layout(state_dict):
-    return [(key, tuple(value.shape)) for key, value in state_dict.items()]
-
-
 def _randomize(model, seed=0):
     """Give the temperatures and LayerNorm parameters non-trivial values (they start at 1 / 1 / 0)."""
     gen = torch.Generator().manual_seed(seed)
@@ -275,7 +270,7 @@ def test_registered_and_buildable():
     from basicsr.archs import build_network
     net = build_network(dict(type='Restormer', **TINY))
     assert isinstance(net, Restormer)
-    assert _layout(net.state_dict()) == reference_layout(**TINY)
+    assert state_layout(net.state_dict()) == reference_layout(**TINY)
     import basicsr_mh.archs.restormer_arch as module
     assert 'import einops' not in Path(module.__file__).read_text()  # the reference code needs einops; we don't
 
@@ -297,7 +292,7 @@ def test_published_layout(config, n_params):
     assert sum(torch.Size(shape).numel() for _, shape in expected) == n_params
     with torch.device('meta'):
         model = Restormer(**config)
-    assert _layout(model.state_dict()) == expected
+    assert state_layout(model.state_dict()) == expected
     assert sum(p.numel() for p in model.parameters()) == n_params
     assert not list(model.buffers())
 
@@ -305,13 +300,13 @@ def test_published_layout(config, n_params):
 def test_default_constructor_is_motion_deblurring_config():
     with torch.device('meta'):
         model = Restormer()
-    assert _layout(model.state_dict()) == reference_layout(**DEFAULT)
+    assert state_layout(model.state_dict()) == reference_layout(**DEFAULT)
 
 
 @pytest.mark.parametrize('config', [TINY, TINY_BIAS_FREE, TINY_DUAL, SMALL], ids=['tiny', 'bias-free', 'dual', 'small'])
 def test_small_layout_and_strict_load(config):
     model = _restormer(**config)
-    assert _layout(model.state_dict()) == reference_layout(**config)
+    assert state_layout(model.state_dict()) == reference_layout(**config)
     other = Restormer(**config)
     other.load_state_dict(model.state_dict(), strict=True)
 
@@ -452,10 +447,10 @@ def test_multihead_restormer_layout_and_shapes(combine, n_out):
     if combine:
         assert extended_head_pairs(4, True) == PAIRS_K4
     plain = Restormer(**TINY)
-    layout = _layout(plain.state_dict())
+    layout = state_layout(plain.state_dict())
     index = [k for k, _ in layout].index('output.weight')
     layout[index] = ('output.weight', (12, 16, 3, 3))
-    assert _layout(net.state_dict()) == layout
+    assert state_layout(net.state_dict()) == layout
     n_plain = sum(p.numel() for p in plain.parameters())
     assert sum(p.numel() for p in net.parameters()) == n_plain + 3 * plain.output.weight.numel()
     x = torch.rand(2, 3, 37, 45)
@@ -518,37 +513,13 @@ def test_multihead_gradients_reach_each_head_only_through_its_output():
 # --------------------------------------------------------------------------------------------------------------------
 # (e) same outputs as the published code (optional: needs a checkout of the reference repository and einops)
 # --------------------------------------------------------------------------------------------------------------------
-def _find_reference_archs(root):
-    root = Path(root)
-    for candidate in (root / 'Restormer-main' / 'basicsr_restormer' / 'models' / 'archs',
-                      root / 'basicsr_restormer' / 'models' / 'archs', root / 'basicsr' / 'models' / 'archs', root):
-        if (candidate / 'restormer_arch.py').is_file():
-            return candidate
-    return None
-
-
-def _load_reference_module(path, name):
-    """Execute a reference file in a fresh module object (not put into ``sys.modules``; it needs torch and einops)."""
-    module = types.ModuleType(name)
-    module.__file__ = str(path)
-    exec(compile(path.read_text(), str(path), 'exec'), module.__dict__)
-    return module
-
-
 @pytest.fixture(scope='module')
 def reference():
-    root = os.environ.get('BASICSR_MH_REFERENCE')
-    if not root:
-        pytest.skip('set BASICSR_MH_REFERENCE to a checkout of the reference Restormer code')
-    arch_dir = _find_reference_archs(root)
-    if arch_dir is None:
-        pytest.skip(f'no restormer_arch.py found under BASICSR_MH_REFERENCE={root}')
-    pytest.importorskip('einops', reason='the reference Restormer code needs einops')
-    modules = {'restormer_arch': _load_reference_module(arch_dir / 'restormer_arch.py', '_reference_restormer_arch')}
-    if (arch_dir / 'mhrestormer_arch.py').is_file():
-        modules['mhrestormer_arch'] = _load_reference_module(arch_dir / 'mhrestormer_arch.py',
-                                                             '_reference_mhrestormer_arch')
-    return modules
+    with load_reference('restormer', ('restormer_arch', ), needs=('einops', )) as modules:
+        if (Path(modules['restormer_arch'].__file__).parent / 'mhrestormer_arch.py').is_file():
+            with load_reference('restormer', ('restormer_arch', 'mhrestormer_arch'), needs=('einops', )) as both:
+                modules = both
+        yield modules
 
 
 @pytest.mark.parametrize(
@@ -559,7 +530,7 @@ def test_matches_reference(reference, config, size):
     torch.manual_seed(0)
     ref_net = _randomize(reference['restormer_arch'].Restormer(**config), seed=1).eval()
     net = Restormer(**config).eval()
-    assert _layout(net.state_dict()) == _layout(ref_net.state_dict())
+    assert state_layout(net.state_dict()) == state_layout(ref_net.state_dict())
     net.load_state_dict(ref_net.state_dict(), strict=True)
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in ref_net.parameters())
     x = torch.rand(size)
@@ -581,7 +552,7 @@ def test_multihead_matches_reference(reference, config, combine):
     ref_net = reference['mhrestormer_arch'].MHRestormer(**config, n_heads=4, combinate_heads=combine)
     ref_net = _randomize(ref_net, seed=1).eval()
     net = _mh_restormer(config, num_heads=4, combine=combine, seed=2)
-    assert _layout(net.state_dict()) == _layout(ref_net.state_dict())
+    assert state_layout(net.state_dict()) == state_layout(ref_net.state_dict())
     net.load_state_dict(ref_net.state_dict(), strict=True)
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in ref_net.parameters())
     for size in [(2, 3, 32, 24), (1, 3, 37, 45)]:
