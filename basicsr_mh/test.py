@@ -22,7 +22,7 @@ from os import path as osp
 from basicsr_mh_cli.parsers import train_test_parser
 from .cli_options import finish_distributed, make_exp_dirs, options_from_args, setup_root_logger
 from .models.checkpoint import atomic_write_json
-from .options import preflight
+from .preflight import preflight
 
 
 def test_pipeline(root_path, argv=None):

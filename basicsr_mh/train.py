@@ -33,7 +33,7 @@ from basicsr_mh_cli.parsers import train_test_parser
 from .cli_options import finish_distributed, make_exp_dirs, options_from_args, setup_root_logger
 from .models.checkpoint import (UntrustedCheckpointError, atomic_write_json, checkpoint_trust, preserved_rng,
                                 read_checkpoint, set_rng_state)
-from .options import preflight
+from .preflight import preflight
 
 
 def _dist_ready(opt):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from basicsr_mh.cli_options import parse_options
-from basicsr_mh.options import preflight
+from basicsr_mh.preflight import preflight
 from basicsr_mh.train import train_pipeline
 
 

@@ -147,7 +147,8 @@ def test_a_failing_metric_names_itself_the_dataset_and_the_image(pair_data, tmp_
 
 
 def test_k4_checkpoint_into_a_plain_network_points_to_export(pair_data, tmp_path):
-    from basicsr_mh.options import build_network, check_pretrained
+    from basicsr_mh.options import build_network
+    from basicsr_mh.preflight import check_pretrained
     multi = build_network(dict(NAFNET, num_heads=4, combine=True))
     path = tmp_path / 'k4.pth'
     torch.save({

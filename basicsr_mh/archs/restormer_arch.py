@@ -232,7 +232,20 @@ class OverlapPatchEmbed(nn.Module):
         return self.proj(x)
 
 
-class Downsample(nn.Module):
+class _ConvShuffle(nn.Module):
+    """A bias-free 3x3 conv from ``in_ch`` to ``out_ch`` channels, then a pixel (un)shuffle: ``body.0`` holds the
+    conv, as in the published Restormer's keys."""
+
+    def __init__(self, in_ch, out_ch, shuffle):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=1, padding=1, bias=False), shuffle)
+
+    def forward(self, x):
+        """(N, in_ch, H, W) -> the shuffled conv output."""
+        return self.body(x)
+
+
+class Downsample(_ConvShuffle):
     """Halve the resolution and double the channels: bias-free 3x3 conv to ``n_feat // 2``, then PixelUnshuffle(2).
 
     Args:
@@ -244,16 +257,10 @@ class Downsample(nn.Module):
     """
 
     def __init__(self, n_feat):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(n_feat, n_feat // 2, kernel_size=3, stride=1, padding=1, bias=False), nn.PixelUnshuffle(2))
-
-    def forward(self, x):
-        """(N, n_feat, H, W) -> (N, 2 * n_feat, H / 2, W / 2)."""
-        return self.body(x)
+        super().__init__(n_feat, n_feat // 2, nn.PixelUnshuffle(2))
 
 
-class Upsample(nn.Module):
+class Upsample(_ConvShuffle):
     """Double the resolution and halve the channels: bias-free 3x3 conv to ``2 * n_feat``, then PixelShuffle(2).
 
     Args:
@@ -265,13 +272,7 @@ class Upsample(nn.Module):
     """
 
     def __init__(self, n_feat):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(n_feat, n_feat * 2, kernel_size=3, stride=1, padding=1, bias=False), nn.PixelShuffle(2))
-
-    def forward(self, x):
-        """(N, n_feat, H, W) -> (N, n_feat / 2, 2 H, 2 W)."""
-        return self.body(x)
+        super().__init__(n_feat, n_feat * 2, nn.PixelShuffle(2))
 
 
 def _blocks(num, dim, num_heads, ffn_expansion_factor, bias, layer_norm_type):

@@ -13,9 +13,9 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 from ..archs.multihead_arch import MultiHeadArch
 from ..archs.multihead_layers import image_scores
 from ..heads import MULTIHEAD_META_KEY, strip_module_prefix
-from ..inference import GridTiling, InferenceRunner, check_grid_options
+from ..inference import GridTiling, InferenceRunner
 from ..losses.min_head_loss import ASSIGNMENT_KEYS, MinHeadLoss, log_loss_upgrade
-from ..options import check_score_weight, upgrade_options
+from ..options import check_score_weight
 from .checkpoint import atomic_torch_save, check_finite_state, checkpoint_trust, get_rng_state, read_checkpoint
 from .lr_scheduler import build_scheduler
 from .nonfinite import NonFiniteGuard
@@ -49,11 +49,8 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
     default_grad_clip = False
 
     def __init__(self, opt):
-        upgrade_options(opt)
-        path_opt = opt.setdefault('path', {})
-        if path_opt.get('param_key') is not None and path_opt.get('param_key_g') is None:
-            path_opt['param_key_g'] = path_opt['param_key']  # NAFNet/Restormer forks' name
-        check_grid_options(opt)
+        """``opt``: options upgraded by :func:`basicsr_mh.options.upgrade_options` (our CLI and BasicSR's
+        ``build_model``, hooked by ``import basicsr_mh``, do it first)."""
         self.scale = int(opt.get('scale', 1))
         self.best_head = 0
         self._win_counts = None
