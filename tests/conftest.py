@@ -29,6 +29,23 @@ TINY_RESTORMER = dict(
     LayerNorm_type='WithBias',
     dual_pixel_task=False)
 PHOTOS = ('astronaut', 'coffee', 'rocket', 'chelsea', 'retina', 'immunohistochemistry')
+#: The repository's root folder (option files, scripts, benchmark records).
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+#: Tests in ``tests/integration`` run trainings and the CLI (subprocesses): all of them are marked ``slow``; tests in
+#: ``tests/unit`` are the fast loop (``pytest -m "not slow"``) and may not be marked ``slow``.
+INTEGRATION_DIR = Path(__file__).resolve().parent / 'integration'
+sys.path.insert(0, str(Path(__file__).resolve().parent / 'unit'))  # integration tests reuse the unit tests' helpers
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test under ``tests/integration`` ``slow``; refuse a ``slow`` test under ``tests/unit``."""
+    for item in items:
+        integration = INTEGRATION_DIR in Path(str(item.fspath)).resolve().parents
+        if integration:
+            item.add_marker(pytest.mark.slow)
+        elif item.get_closest_marker('slow') is not None:
+            raise pytest.UsageError(f'{item.nodeid} is marked slow: move it to tests/integration.')
+
 
 # ------------------------------------------------------------------------------------------ the reference harness
 #: Where the published files of each code base lie in a checkout of the paper's reference code

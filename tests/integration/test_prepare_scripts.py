@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from conftest import REPO_ROOT
 
 # isort: off
 import basicsr_mh  # noqa: F401  (before basicsr: installs the torchvision alias)
@@ -32,7 +33,7 @@ from basicsr_mh.options import upgrade_options
 
 pytestmark = pytest.mark.slow  # subprocess runs of training / the CLI
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = REPO_ROOT
 GOPRO = osp.join(ROOT, 'scripts', 'prepare_gopro.py')
 HIDE = osp.join(ROOT, 'scripts', 'prepare_hide.py')
 W, H = 96, 80

@@ -3,8 +3,9 @@ import importlib.util
 import json
 import os
 import pytest
+from conftest import REPO_ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO_ROOT
 
 
 @pytest.fixture(scope='module')

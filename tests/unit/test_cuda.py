@@ -1,6 +1,6 @@
 """The CUDA path: multi-head forward/backward equal the CPU's, and `basicsr train` runs with `num_gpu: 1`.
 
-Skipped where no CUDA device is present (CI); run on a GPU machine with ``pytest tests/test_cuda.py``.
+Skipped where no CUDA device is present (CI); run on a GPU machine with ``pytest tests/unit/test_cuda.py``.
 """
 import copy
 import glob
