@@ -7,7 +7,7 @@ options have been upgraded before (:mod:`basicsr_mh.options`).
 """
 
 from .archs.tail_probe import declared_in_channels
-from .heads import MULTIHEAD_META_KEY, strip_module_prefix
+from .heads import MULTIHEAD_META_KEY
 
 PAIRED_DATASETS = ('PairedImageDataset', 'Dataset_PairedImage')
 
@@ -44,21 +44,15 @@ def check_pretrained(opt, net):
     """Load ``path.pretrain_network_g`` into the pre-flight network as the model will; a checkpoint of another head
     count or backbone raises a ValueError naming the file (instead of a size-mismatch traceback after the folders
     are made)."""
-    from .models.checkpoint import checkpoint_trust, read_checkpoint
+    from .models.checkpoint import checkpoint_trust, network_state, read_checkpoint
     path_opt = opt.get('path') or {}
     path = path_opt.get('pretrain_network_g')
     trust = checkpoint_trust(opt)
     if not path or net is None:
         return
     checkpoint = read_checkpoint(path, trust=trust)
-    key = path_opt.get('param_key_g') or path_opt.get('param_key') or 'params'
-    if isinstance(checkpoint, dict) and key not in checkpoint and 'params' in checkpoint:
-        key = 'params'
-    if not isinstance(checkpoint, dict) or key not in checkpoint or not isinstance(checkpoint[key], dict):
-        keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f'path.pretrain_network_g "{path}" has no "{key}" entry (it has {keys}). Fix: set '
-                         'path.param_key_g to one of them, or point to a network checkpoint.')
-    state = strip_module_prefix(checkpoint[key])
+    state, _ = network_state(
+        checkpoint, path_opt.get('param_key_g') or path_opt.get('param_key'), where=f'path.pretrain_network_g "{path}"')
     meta = checkpoint.get(MULTIHEAD_META_KEY) or {}
     theirs = (f' (the checkpoint was saved from {meta.get("backbone")} with num_heads {meta.get("num_heads")}, '
               f'combine {meta.get("combine")})') if meta else ''

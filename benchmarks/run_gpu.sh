@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check in one go, for a machine with one CUDA device (a few minutes of GPU time in all):
-#   1. the CUDA tests (tests/test_cuda.py and the CUDA metric test),
+#   1. the CUDA tests (tests/unit/test_cuda.py and the CUDA metric test),
 #   2. benchmarks/quality.py --preset gpu (single-head vs K = 4 vs MH-C, 3 seeds, runs in parallel on the GPU),
 #   3. benchmarks/speed.py --device cuda (step time, peak memory and validation time ratios; --reference when
 #      .ref/NAFNet-main holds the paper's reference code),
@@ -27,7 +27,7 @@ python3 -c 'import torch, basicsr_mh, basicsr; print("torch", torch.__version__,
 PARTS=${PARTS:-tests quality speed heads}
 if [[ " $PARTS " == *" tests "* ]]; then
     echo "== 1. CUDA tests" | tee -a "$LOG"
-    timeout "${TEST_S:-100}" python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_metrics.py -k cuda \
+    timeout "${TEST_S:-100}" python3 -m pytest -q -p no:cacheprovider tests/unit/test_cuda.py tests/unit/test_metrics.py -k cuda \
         2>&1 | tee -a "$LOG" | tail -n 5
 fi
 

@@ -8,6 +8,8 @@ import tempfile
 import torch
 from contextlib import contextmanager
 
+from ..heads import strip_module_prefix
+
 #: How a user accepts a checkpoint that needs more than ``weights_only=True`` (named by every refusal).
 TRUST_HINT = ('Fix: only if you trust whoever made the file, pass --trust-checkpoint (infer, export, analyze) or set '
               'path.trust_checkpoint: true in the option file (train, test).')
@@ -45,6 +47,38 @@ def unsafe_globals(path, error):
     if not found:
         found = re.findall(r'GLOBAL ([\w.]+) was not an allowed global', str(error))
     return list(dict.fromkeys(found))
+
+
+def network_state(checkpoint, key=None, prefer_ema=False, where='the checkpoint'):
+    """The network weights of a BasicSR checkpoint (``module.`` prefixes removed): the one policy for choosing its
+    entry, for training (``path.pretrain_network_g``), pre-flight and the tools.
+
+    Args:
+        checkpoint (dict): ``{params: ..., params_ema: ..., ...}``, or a bare state dict (tensors only).
+        key (str | None): the entry asked for (``path.param_key_g``, ``--param-key``). When the checkpoint lacks it,
+            ``params`` is used, as BasicSR does. None: ``params_ema`` when ``prefer_ema`` and present, else
+            ``params``.
+        prefer_ema (bool): the deployment default (``infer``, ``analyze``): the EMA weights where there are some.
+        where (str): the file, for the message.
+
+    Returns:
+        tuple(OrderedDict, str | None): the state dict and the entry used (None for a bare state dict).
+
+    Raises:
+        ValueError: naming the entries the checkpoint has and the fix, when none fits.
+    """
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f'{where} is a {type(checkpoint).__name__}, not a checkpoint. Fix: point to a net_g_*.pth.')
+    if key is None:
+        key = 'params_ema' if prefer_ema and isinstance(checkpoint.get('params_ema'), dict) else 'params'
+    if not isinstance(checkpoint.get(key), dict) and isinstance(checkpoint.get('params'), dict):
+        key = 'params'
+    if isinstance(checkpoint.get(key), dict):
+        return strip_module_prefix(checkpoint[key]), key
+    if checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
+        return strip_module_prefix(checkpoint), None
+    raise ValueError(f'{where} has no "{key}" entry (it has {sorted(checkpoint)[:8]}). Fix: set path.param_key_g '
+                     '(or --param-key) to one of them, or point to a network checkpoint.')
 
 
 def read_checkpoint(path, trust=False):

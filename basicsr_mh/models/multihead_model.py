@@ -16,7 +16,8 @@ from ..heads import MULTIHEAD_META_KEY, strip_module_prefix
 from ..inference import GridTiling, InferenceRunner
 from ..losses.min_head_loss import ASSIGNMENT_KEYS, MinHeadLoss, log_loss_upgrade
 from ..options import check_score_weight
-from .checkpoint import atomic_torch_save, check_finite_state, checkpoint_trust, get_rng_state, read_checkpoint
+from .checkpoint import (atomic_torch_save, check_finite_state, checkpoint_trust, get_rng_state, network_state,
+                         read_checkpoint)
 from .lr_scheduler import build_scheduler
 from .nonfinite import NonFiniteGuard
 from .train_augment import MixingAugment, ProgressiveTraining
@@ -174,17 +175,10 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
         logger = get_root_logger()
         net = self.get_bare_model(net)
         checkpoint = read_checkpoint(load_path, trust=checkpoint_trust(self.opt))
-        if param_key is not None:
-            if param_key not in checkpoint and 'params' in checkpoint:
-                logger.info(f'Loading: {param_key} does not exist in {load_path}, use params.')
-                param_key = 'params'
-            if param_key not in checkpoint:
-                raise ValueError(f'{load_path} has no "{param_key}" entry (it has {sorted(checkpoint)}). Fix: set '
-                                 'path.param_key_g to one of them.')
-            state = checkpoint[param_key]
-        else:
-            state = checkpoint
-        state = strip_module_prefix(state)
+        state, used = network_state(checkpoint, param_key, where=load_path)
+        if param_key is not None and used != param_key:
+            logger.info(f'Loading: {param_key} does not exist in {load_path}, use {used}.')
+        param_key = used
         logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
         self._print_different_keys_loading(net, state, strict)
         net.load_state_dict(state, strict=strict)

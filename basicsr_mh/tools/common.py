@@ -1,13 +1,12 @@
 """Shared pieces of the deployment tools: option files, checkpoints, head names, error reporting."""
 import os
 import sys
-import torch
 
 from basicsr_mh import compat  # noqa: F401  (must precede any basicsr import)
 from basicsr_mh.archs.multihead_arch import MultiHeadArch
 from basicsr_mh.cli_options import import_user_modules, load_option_file
-from basicsr_mh.heads import MULTIHEAD_META_KEY, head_pair_name, strip_module_prefix
-from basicsr_mh.models.checkpoint import checkpoint_trust, read_checkpoint
+from basicsr_mh.heads import MULTIHEAD_META_KEY, head_pair_name
+from basicsr_mh.models.checkpoint import checkpoint_trust, network_state, read_checkpoint
 from basicsr_mh.options import upgrade_network_options
 
 #: The head spec ``mean``: the average of all heads (for the additive output layer, the backbone's own output path).
@@ -62,27 +61,6 @@ def checkpoint_path(opt, ckpt=None):
     return path
 
 
-def state_of(checkpoint, key):
-    """The ``key`` entry of a BasicSR checkpoint with ``module.`` prefixes removed (a bare state dict as is)."""
-    if key in checkpoint and isinstance(checkpoint[key], dict):
-        state = checkpoint[key]
-    elif all(torch.is_tensor(v) for v in checkpoint.values()):
-        state = checkpoint
-    else:
-        raise ToolError(f'the checkpoint has no "{key}" entry (it has {sorted(checkpoint)}).')
-    return strip_module_prefix(state)
-
-
-def default_param_key(checkpoint, opt=None, requested=None):
-    """``requested``, else ``path.param_key_g`` of ``opt``, else ``params_ema`` when present, else ``params``."""
-    key = requested or ((opt or {}).get('path') or {}).get('param_key_g')
-    if key:
-        if key not in checkpoint:
-            raise ToolError(f'the checkpoint has no "{key}" entry (it has {sorted(checkpoint)}).')
-        return key
-    return 'params_ema' if 'params_ema' in checkpoint else 'params'
-
-
 def load_state(net, state, where):
     """``net.load_state_dict(state, strict=True)`` with an error that names the checkpoint and the usual fix."""
     try:
@@ -105,8 +83,12 @@ def load_model(opt, ckpt=None, param_key=None, trust=False):
     path = checkpoint_path(opt, ckpt)
     checkpoint = read_checkpoint(path, trust=trust or checkpoint_trust(opt))
     net, net_opt = build_net(opt)
-    key = default_param_key(checkpoint, opt, param_key)
-    load_state(net, state_of(checkpoint, key), f'checkpoint "{path}" [{key}]')
+    requested = param_key or (opt.get('path') or {}).get('param_key_g')
+    try:
+        state, key = network_state(checkpoint, requested, prefer_ema=True, where=f'checkpoint "{path}"')
+    except ValueError as err:
+        raise ToolError(str(err)) from err
+    load_state(net, state, f'checkpoint "{path}" [{key}]')
     check_meta(net, checkpoint, path)
     return net, net_opt, checkpoint, key, path
 

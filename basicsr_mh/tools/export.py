@@ -26,8 +26,9 @@ from basicsr_mh.version import __version__
 from basicsr_mh_cli.parsers import export_parser
 from ..heads import MULTIHEAD_META_KEY
 from ..inference import final_output, final_output_index
+from ..models.checkpoint import network_state
 from .common import (MEAN_HEAD, ToolError, build_net, check_meta, head_name, load_state, parse_head, read_options,
-                     run_tool, state_of)
+                     run_tool)
 
 EXPORT_META_KEY = 'exported_from'
 _EQUAL_RTOL = 1e-6
@@ -147,7 +148,7 @@ def export_head(ckpt_path, opt, head='best', out_path=None, verify=True, trust=F
     saved = {}
     errors = {}
     for key in keys:
-        state = state_of(checkpoint, key or 'params')
+        state, _ = network_state(checkpoint, key, where=f'checkpoint "{ckpt_path}"')
         load_state(net, state, f'checkpoint "{ckpt_path}" [{key}]')
         check_meta(net, checkpoint, ckpt_path)
         plain_state = plain_state_dict(net, index)
