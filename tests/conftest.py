@@ -117,6 +117,17 @@ def load_reference(code, files, package=False, needs=()):
         sys.modules.update(saved)
 
 
+@pytest.fixture(scope='module')
+def one_thread():
+    """Tiny tensors: one intra-op thread is as fast and avoids OpenMP oversubscription on a busy machine (a module
+    uses it with ``pytestmark = pytest.mark.usefixtures('one_thread')``)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope='session')
 def reference_code():
     """:func:`load_reference`, for module fixtures: ``with reference_code('nafnet', files, package=True) as m:``."""

@@ -30,14 +30,7 @@ TINY = dict(wf=8, depth=3, hin_position_left=1, hin_position_right=2)
 DEFAULT_PARAMS = 88669702  # HINet() counted with the published code
 GOPRO_PARAMS = 88668806  # HINet(hin_position_left=3, hin_position_right=4), the published GoPro model
 
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast and avoids OpenMP oversubscription on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -33,14 +33,7 @@ from basicsr_mh.heads import extended_head_pairs
 TINY = dict(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
 TRAIN = (1, 3, 32, 32)
 
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast and avoids OpenMP oversubscription on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -27,14 +27,7 @@ from basicsr_mh.heads import extended_head_pairs
 TINY = dict(n_feat=8, scale_unetfeats=8, scale_orsnetfeats=8, num_cab=1)
 DEFAULT_PARAMS = 20127073  # MPRNet() counted with the published code (one shared PReLU parameter)
 
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast and avoids OpenMP oversubscription on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -52,14 +52,7 @@ SMALL = dict(
     dim=8, num_blocks=[2, 1, 2, 1], num_refinement_blocks=2, heads=[2, 2, 4, 8], ffn_expansion_factor=1.5, bias=True)
 PAIRS_K4 = [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2), (3, 3)]
 
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Run these tiny networks on one thread: on a busy CPU, thread synchronization costs more than the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # --------------------------------------------------------------------------------------------------------------------
