@@ -6,8 +6,11 @@ Equal to BasicSR's numpy ``calculate_psnr`` / ``calculate_ssim`` on ``tensor2img
 - quantization ``round(clip(x, 0, 1) * 255)`` is done strip by strip in float32, as ``tensor2img`` does;
 - PSNR sums squared differences of the quantized images exactly (integers in float32, sums in float64);
 - SSIM filters values centred at 128 with OpenCV's separable float32 filter; the window's statistics are then
-  combined in float32 within a strip and summed in float64 (error ~1e-8 against BasicSR's float64 SSIM);
+  combined in float32 within a strip and summed in float64 (errors up to ~5e-6 against BasicSR's float64 SSIM on the
+  tests' photos and degraded heads);
 - the ground truth's statistics are computed once per strip and shared by all heads;
+- NaN values become 0 as in ``tensor2img``'s uint8 cast: an image whose result is NaN is measured again with that
+  mapping, so the common case pays no finiteness scan;
 - strips of ~64 rows keep every intermediate in the CPU cache, and strips run in parallel threads (OpenCV and
   numpy release the GIL), so K heads cost little more than K times the arithmetic, with no memory traffic.
 
@@ -29,11 +32,12 @@ _Y_RGB = np.array([65.481, 128.553, 24.966], np.float32)
 _GAUSS = cv2.getGaussianKernel(11, 1.5).astype(np.float32).ravel()
 
 
-def _quantize(x):
-    """float32 (..., h, w) in [0, 1] -> float32 uint8-valued, exactly as ``tensor2img``."""
+def _quantize(x, fix_nan=False):
+    """float32 (..., h, w) in [0, 1] -> float32 uint8-valued, exactly as ``tensor2img`` (NaN -> 0 with ``fix_nan``)."""
     q = np.clip(x, 0.0, 1.0)
     q *= 255.0
-    return np.rint(q, out=q)
+    np.rint(q, out=q)
+    return np.nan_to_num(q, copy=False, nan=0.0) if fix_nan else q
 
 
 def _planes(q, test_y):
@@ -53,13 +57,13 @@ def _filter_valid(x):
     return out[_HALO:-_HALO, _HALO:-_HALO]
 
 
-def _ssim_strip(pred, gt, r0, r1, test_y):
+def _ssim_strip(pred, gt, r0, r1, test_y, fix_nan):
     """SSIM map sums of rows [r0, r1) of the valid region for every head: pred (K, C, H, W) -> (K,) float64.
 
     Per pixel: ``(2 mu1 mu2 + C1)(2 s12 + C2) / ((mu1^2 + mu2^2 + C1)(s11 + s22 + C2))`` with the window moments
     of values centred at 128 (SSIM is shift-invariant in s11, s22, s12; the luminance term adds the 128 back).
     """
-    gq = _planes(_quantize(gt[:, r0:r1 + 2 * _HALO]), test_y)
+    gq = _planes(_quantize(gt[:, r0:r1 + 2 * _HALO], fix_nan), test_y)
     gt_terms = []
     for g in gq:
         g = g - 128.0
@@ -71,7 +75,7 @@ def _ssim_strip(pred, gt, r0, r1, test_y):
         gt_terms.append((2.0 * g, mu2 * 2.0, 2.0 * mu2b, mu2b * mu2b + _C1, s22_c2))
     sums = np.zeros(pred.shape[0], np.float64)
     for k in range(pred.shape[0]):
-        pq = _planes(_quantize(pred[k, :, r0:r1 + 2 * _HALO]), test_y)
+        pq = _planes(_quantize(pred[k, :, r0:r1 + 2 * _HALO], fix_nan), test_y)
         for p, (g2, mu2x2, mu2bx2, mu2b_sq_c1, s22_c2) in zip(pq, gt_terms):
             p -= 128.0
             mu1 = _filter_valid(p)
@@ -94,12 +98,12 @@ def _ssim_strip(pred, gt, r0, r1, test_y):
     return sums
 
 
-def _sse_strip(pred, gt, r0, r1, test_y):
+def _sse_strip(pred, gt, r0, r1, test_y, fix_nan):
     """Sum of squared differences of the quantized images, rows [r0, r1), every head: (K,) float64."""
-    g = _quantize(gt[:, r0:r1])
+    g = _quantize(gt[:, r0:r1], fix_nan)
     sums = np.zeros(pred.shape[0], np.float64)
     for k in range(pred.shape[0]):
-        d = _quantize(pred[k, :, r0:r1])
+        d = _quantize(pred[k, :, r0:r1], fix_nan)
         d -= g
         if test_y and d.shape[0] == 3:
             d = d[0] * (_Y_RGB[0] / 255.0) + d[1] * (_Y_RGB[1] / 255.0) + d[2] * (_Y_RGB[2] / 255.0)
@@ -107,49 +111,66 @@ def _sse_strip(pred, gt, r0, r1, test_y):
     return sums
 
 
-def _run_strips(work, height, pred, gt, test_y, threads):
+def _run_strips(work, height, pred, gt, test_y, threads, fix_nan):
     bounds = [(r, min(r + _STRIP_ROWS, height)) for r in range(0, height, _STRIP_ROWS)]
     if threads <= 1 or len(bounds) == 1:
-        return sum(work(pred, gt, r0, r1, test_y) for r0, r1 in bounds)
+        return sum(work(pred, gt, r0, r1, test_y, fix_nan) for r0, r1 in bounds)
     with ThreadPoolExecutor(threads) as pool:
-        return sum(pool.map(lambda b: work(pred, gt, b[0], b[1], test_y), bounds))
+        return sum(pool.map(lambda b: work(pred, gt, b[0], b[1], test_y, fix_nan), bounds))
+
+
+def _psnr(p, g, test_y, threads, fix_nan):
+    """PSNR of every head of one image: p (K, C, h, w), g (C, h, w) -> (K,) float64 (NaN for an empty image)."""
+    planes, height, width = (1 if (test_y and g.shape[0] == 3) else g.shape[0]), g.shape[1], g.shape[2]
+    if height * width == 0:
+        return np.full(p.shape[0], math.nan)  # BasicSR: the mean of an empty array
+    mse = _run_strips(_sse_strip, height, p, g, test_y, threads, fix_nan) / (planes * height * width)
+    return np.array([math.inf if m == 0 else 10.0 * math.log10(255.0**2 / m) for m in mse])
+
+
+def _ssim(p, g, test_y, threads, fix_nan):
+    """SSIM of every head of one image: p (K, C, h, w), g (C, h, w) -> (K,) float64 (NaN below 11x11)."""
+    planes = 1 if (test_y and g.shape[0] == 3) else g.shape[0]
+    valid_h, valid_w = g.shape[1] - 2 * _HALO, g.shape[2] - 2 * _HALO
+    if valid_h <= 0 or valid_w <= 0:
+        return np.full(p.shape[0], math.nan)  # BasicSR: the mean of an empty SSIM map
+    return _run_strips(_ssim_strip, valid_h, p, g, test_y, threads, fix_nan) / (planes * valid_h * valid_w)
 
 
 def cpu_psnr_ssim(pred, gt, crop_border=0, test_y_channel=False, want=('psnr', 'ssim')):
     """PSNR and/or SSIM of every head on the CPU.
 
+    NaN values become 0 as in ``tensor2img``'s uint8 cast on x86: an image whose result comes out NaN is redone with
+    that mapping (no finiteness scan in the common case). Infinite values clamp to 0 or 1.
+
     Args:
-        pred (Tensor): (B, K, C, H, W) float, RGB, [0, 1] (clamped like ``tensor2img``); finite values.
+        pred (Tensor): (B, K, C, H, W) float, RGB, [0, 1] (clamped like ``tensor2img``), on any device.
         gt (Tensor): (B, C, H, W).
         crop_border (int), test_y_channel (bool): as BasicSR's metric options.
         want (tuple[str]): which of ``'psnr'``, ``'ssim'`` to compute.
 
     Returns:
-        dict[str, Tensor]: each (B, K) float64 (PSNR is ``inf`` for identical images, as BasicSR's).
+        dict[str, Tensor]: each (B, K) float64 (PSNR is ``inf`` for identical images, as BasicSR's; both are NaN
+        where BasicSR's are: an empty crop, SSIM of an image smaller than 11x11 after the crop).
     """
     pred_np = pred.detach().to('cpu', torch.float32).contiguous().numpy()
     gt_np = gt.detach().to('cpu', torch.float32).contiguous().numpy()
     if crop_border:
         pred_np = pred_np[..., crop_border:-crop_border, crop_border:-crop_border]
         gt_np = gt_np[..., crop_border:-crop_border, crop_border:-crop_border]
-    batch, heads, channels, height, width = pred_np.shape
     threads = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
-    out = {name: torch.zeros(batch, heads, dtype=torch.float64) for name in want}
+    metrics = {'psnr': _psnr, 'ssim': _ssim}
+    out = {name: torch.zeros(pred_np.shape[:2], dtype=torch.float64) for name in want}
     cv_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)  # parallelism comes from the strips; restored below
     try:
-        for b in range(batch):
+        for b in range(pred_np.shape[0]):
             p, g = pred_np[b], gt_np[b]  # views: each strip is quantized into a fresh contiguous array
-            planes = 1 if (test_y_channel and channels == 3) else channels
-            if 'psnr' in want:
-                sse = _run_strips(_sse_strip, height, p, g, test_y_channel, threads)
-                mse = sse / (planes * height * width)
-                out['psnr'][b] = torch.from_numpy(
-                    np.array([math.inf if m == 0 else 10.0 * math.log10(255.0**2 / m) for m in mse]))
-            if 'ssim' in want:
-                valid_h, valid_w = height - 2 * _HALO, width - 2 * _HALO
-                sums = _run_strips(_ssim_strip, valid_h, p, g, test_y_channel, threads)
-                out['ssim'][b] = torch.from_numpy(sums / (planes * valid_h * valid_w))
+            for name in want:
+                values = metrics[name](p, g, test_y_channel, threads, False)
+                if np.isnan(values).any():  # NaN in the images (or an empty crop): redo with NaN -> 0 like tensor2img
+                    values = metrics[name](p, g, test_y_channel, threads, True)
+                out[name][b] = torch.from_numpy(values)
     finally:
         cv2.setNumThreads(cv_threads)
     return out

@@ -18,9 +18,10 @@ from basicsr.utils import tensor2img
 from basicsr.utils.registry import METRIC_REGISTRY
 from skimage import data
 
-from basicsr_mh.metrics import (clear_workspace_cache, gaussian_filter_valid, metric_per_head_fallback, per_head,
-                                per_head_many, psnr_per_head, psnr_ssim_per_head, quantize_like_tensor2img,
-                                ssim_per_head, to_y_channel)
+from basicsr_mh.metrics import (metric_per_head_fallback, per_head, per_head_many, psnr_per_head, psnr_ssim_per_head,
+                                quantize_like_tensor2img, ssim_per_head, to_y_channel)
+from basicsr_mh.metrics.cpu_strips import cpu_psnr_ssim
+from basicsr_mh.metrics.torch_path import torch_psnr_ssim
 
 PH = importlib.import_module('basicsr_mh.metrics.per_head')  # the module (the package attribute is the function)
 PSNR_TOL = 1e-3  # dB
@@ -199,7 +200,7 @@ def test_nan_inputs_become_zero():
     for metric, tol in (('calculate_psnr', PSNR_TOL), ('calculate_ssim', SSIM_TOL)):
         opt = {'type': metric, 'crop_border': 0}
         _assert_close(per_head(pred, gt, opt), _reference(pred, gt, opt), tol)
-        # no NaN left behind in reused buffers
+        # the next call (no NaN) is not affected
         clean = gt[:, None].repeat(1, 2, 1, 1, 1) * 0.9
         _assert_close(per_head(clean, gt, opt), _reference(clean, gt, opt), tol)
 
@@ -226,47 +227,11 @@ def test_image_smaller_than_window_gives_nan_like_basicsr(rgb_batch):
     _assert_close(per_head(pred, gt, psnr_opt), _reference(pred, gt, psnr_opt), PSNR_TOL)
 
 
-def test_gaussian_filter_matches_cv2():
-    img = _crop('coffee', 10, 20, 37, 45).astype(np.float64)
-    window = np.outer(cv2.getGaussianKernel(11, 1.5), cv2.getGaussianKernel(11, 1.5).T)
-    ref = np.stack([cv2.filter2D(img[..., c], -1, window)[5:-5, 5:-5] for c in range(3)])
-    x = torch.from_numpy(img).permute(2, 0, 1).contiguous()
-    assert np.abs(gaussian_filter_valid(x).numpy() - ref).max() < 1e-9
-    assert np.abs(gaussian_filter_valid(x.float()).numpy() - ref).max() < 1e-3
-
-
-def test_matrix_product_backend_and_float64_mode(rgb_batch, monkeypatch):
-    """The CUDA code path (matrix products) on CPU, and float64 when float32 matmul precision is lowered."""
-    pred, gt = rgb_batch
-    opt = {'type': 'calculate_ssim', 'crop_border': 2, 'test_y_channel': False}
-    ref = _reference(pred, gt, opt)
-    monkeypatch.setattr(PH, '_CPU_CONV', False)
-    _assert_close(ssim_per_head(pred, gt, crop_border=2), ref, SSIM_TOL)
-    previous = torch.get_float32_matmul_precision()
-    try:
-        torch.set_float32_matmul_precision('medium')
-        assert not PH._precision_is_exact(torch.device('cpu'))
-        _assert_close(ssim_per_head(pred, gt, crop_border=2), ref, SSIM_TOL)
-    finally:
-        torch.set_float32_matmul_precision(previous)
-
-
-def test_workspace_cache_off_and_cleared(rgb_batch, monkeypatch):
-    pred, gt = rgb_batch
-    opt = {'type': 'calculate_ssim', 'crop_border': 1}
-    cached = per_head(pred, gt, opt)
-    clear_workspace_cache()
-    assert not PH._CACHE
-    monkeypatch.setattr(PH, 'WORKSPACE_CACHE', False)
-    assert torch.equal(per_head(pred, gt, opt), cached)
-    assert not PH._CACHE
-
-
 def test_joint_psnr_ssim_and_per_head_many(rgb_batch):
     pred, gt = rgb_batch
     psnr, ssim = psnr_ssim_per_head(pred, gt, crop_border=3, test_y_channel=True)
     assert torch.equal(psnr, psnr_per_head(pred, gt, crop_border=3, test_y_channel=True))
-    assert torch.allclose(ssim, ssim_per_head(pred, gt, crop_border=3, test_y_channel=True), atol=1e-7)
+    assert torch.equal(ssim, ssim_per_head(pred, gt, crop_border=3, test_y_channel=True))
     opts = {
         'psnr': {
             'type': 'calculate_psnr',
@@ -286,8 +251,7 @@ def test_joint_psnr_ssim_and_per_head_many(rgb_batch):
     }
     many = per_head_many(pred, gt, opts)
     assert list(many) == list(opts)
-    # per_head_many may take the CPU strip path (basicsr_mh.metrics.cpu_strips): same values within tolerance
-    assert torch.allclose(many['psnr'], psnr, atol=1e-6) and torch.allclose(many['ssim'], ssim, atol=1e-7)
+    assert torch.equal(many['psnr'], psnr) and torch.equal(many['ssim'], ssim)  # one path on the CPU: same numbers
     _assert_close(many['psnr_rgb'], _reference(pred, gt, opts['psnr_rgb']), PSNR_TOL)
 
 
@@ -312,6 +276,135 @@ def test_fallback_for_other_metrics(rocket_batch):
         slow = metric_per_head_fallback(pred, gt, opt)
         _assert_close(slow, _reference(pred, gt, opt), 1e-12)
         _assert_close(per_head(pred, gt, opt), slow, tol)
+
+
+def _nan_maps_to_zero():
+    """Whether tensor2img's uint8 cast maps NaN to 0 here (numpy's NaN -> uint8 cast is platform dependent)."""
+    return tensor2img(torch.full((3, 2, 2), float('nan')))[0, 0, 0] == 0
+
+
+def _edge_case(case):
+    """(pred, gt, crop_border) of one edge case that BasicSR's numpy metrics handle (see test_edge_cases)."""
+    pred, gt = _batch([_crop('chelsea', 40, 70, 37, 29)], num_heads=3, seed=5)
+    crop = 0
+    if case == 'nan_pred':
+        pred[0, 1, :, 3:9, 4:12] = float('nan')
+    elif case == 'nan_gt':
+        gt = gt.clone()
+        gt[0, 0, 10:14, 2:5] = float('nan')
+    elif case == 'nan_in_cropped_border':  # NaN only where the crop removes it: no remapping needed
+        pred[0, 2, :, :2, :] = float('nan')
+        crop = 2
+    elif case == 'inf':
+        pred[0, 0, 1, 5:9, 5:9] = float('inf')
+        pred[0, 2, 0, 20:, 10:] = -float('inf')
+    elif case == 'tiny_9x12':  # smaller than the 11x11 window: SSIM NaN, PSNR a number
+        pred, gt = pred[..., :9, :12].contiguous(), gt[..., :9, :12].contiguous()
+    elif case == 'window_11x11':  # one SSIM window
+        pred, gt = pred[..., 3:14, 2:13].contiguous(), gt[..., 3:14, 2:13].contiguous()
+    elif case in ('float64', 'bfloat16'):
+        pred, gt = pred.to(getattr(torch, case)), gt.to(getattr(torch, case))
+    elif case == 'strided_views':  # non-contiguous inputs
+        pred, gt = pred.transpose(-1, -2)[..., ::2], gt.transpose(-1, -2)[..., ::2]
+    elif case == 'gray_y':
+        pred, gt = pred[:, :, 1:2], gt[:, 1:2]
+    return pred, gt, crop
+
+
+EDGE_CASES = ('nan_pred', 'nan_gt', 'nan_in_cropped_border', 'inf', 'tiny_9x12', 'window_11x11', 'float64', 'bfloat16',
+              'strided_views', 'gray_y')
+
+
+@pytest.mark.parametrize('path', ['dispatcher', 'torch_path'])
+@pytest.mark.parametrize('case', EDGE_CASES)
+def test_edge_cases(case, path):
+    """Each edge case equals BasicSR on the CPU path (the dispatcher) and on the GPU path's torch code run on CPU."""
+    pred, gt, crop = _edge_case(case)
+    if case.startswith('nan') and case != 'nan_in_cropped_border' and not _nan_maps_to_zero():
+        pytest.skip('tensor2img does not map NaN to 0 on this platform')
+    for test_y in (False, True):
+        opts = {
+            'psnr': {
+                'type': 'calculate_psnr',
+                'crop_border': crop,
+                'test_y_channel': test_y
+            },
+            'ssim': {
+                'type': 'calculate_ssim',
+                'crop_border': crop,
+                'test_y_channel': test_y
+            },
+        }
+        if path == 'dispatcher':
+            ours = per_head_many(pred, gt, opts)
+        else:
+            ours = torch_psnr_ssim(pred, gt, crop, test_y)
+        for name, tol in (('psnr', PSNR_TOL), ('ssim', SSIM_TOL)):
+            _assert_close(ours[name], _reference(pred, gt, opts[name]), tol)
+        if case == 'tiny_9x12':
+            assert torch.isnan(ours['ssim']).all() and not torch.isnan(ours['psnr']).any()
+        else:
+            assert torch.isfinite(ours['ssim']).all()
+
+
+@pytest.mark.parametrize('metric', ['calculate_psnr', 'calculate_ssim'])
+def test_crop_leaving_no_pixels_is_a_clear_error(rocket_batch, metric):
+    """BasicSR gives NaN (PSNR) or an OpenCV assertion (SSIM) for an empty crop; we name the option and the fix."""
+    pred, gt = rocket_batch  # 64 x 75
+    with pytest.raises(ValueError, match=r'crop_border 32 leaves no pixels of the 64x75 image.*Fix'):
+        per_head(pred, gt, {'type': metric, 'crop_border': 32})
+    assert per_head(pred, gt, {'type': metric, 'crop_border': 31}).shape == pred.shape[:2]  # 2 rows are left
+
+
+@pytest.mark.parametrize('crop_border,test_y', [(0, False), (4, True)])
+def test_torch_path_matches_basicsr(rgb_batch, gray_batch, crop_border, test_y):
+    """The CUDA path's code (BasicSR's calculate_ssim_pt on quantized images) run on CPU tensors."""
+    for pred, gt in (rgb_batch, gray_batch):
+        ours = torch_psnr_ssim(pred, gt, crop_border, test_y)
+        for name, tol in (('psnr', PSNR_TOL), ('ssim', SSIM_TOL)):
+            opt = {'type': f'calculate_{name}', 'crop_border': crop_border, 'test_y_channel': test_y}
+            _assert_close(ours[name], _reference(pred, gt, opt), tol)
+            assert ours[name].shape == pred.shape[:2] and ours[name].device.type == 'cpu'
+
+
+def test_cpu_tensors_take_the_strip_path_once_per_setting(rgb_batch, monkeypatch):
+    """CPU inputs never reach the torch path; PSNR + SSIM entries with equal settings share one strip call."""
+    pred, gt = rgb_batch
+    calls = []
+
+    def torch_path(*args, **kwargs):
+        raise AssertionError('CPU tensors reached the torch path')
+
+    def strips(pred, gt, crop_border, test_y_channel, want):
+        calls.append((crop_border, test_y_channel, tuple(sorted(want))))
+        return cpu_psnr_ssim(pred, gt, crop_border, test_y_channel, want)
+
+    monkeypatch.setattr(PH, 'torch_psnr_ssim', torch_path)
+    monkeypatch.setattr(PH, 'cpu_psnr_ssim', strips)
+    opts = {
+        'psnr': {
+            'type': 'calculate_psnr',
+            'crop_border': 2
+        },
+        'ssim': {
+            'type': 'calculate_ssim',
+            'crop_border': 2
+        },
+        'psnr_again': {
+            'type': 'calculate_psnr',
+            'crop_border': 2,
+            'better': 'higher'
+        },
+        'psnr_y': {
+            'type': 'calculate_psnr',
+            'crop_border': 2,
+            'test_y_channel': True
+        },
+    }
+    many = per_head_many(pred, gt, opts)
+    assert sorted(calls) == [(2, False, ('psnr', 'ssim')), (2, True, ('psnr', ))]
+    assert torch.equal(many['psnr'], many['psnr_again']) and many['psnr'] is not many['psnr_again']
+    assert not torch.equal(many['psnr'], many['psnr_y'])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
