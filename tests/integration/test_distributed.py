@@ -1,10 +1,12 @@
 """Two processes with gloo on the CPU: torchrun training works, and sharded validation equals a one-process run."""
+import contextlib
 import json
 import os
 import pytest
 import socket
 import subprocess
 import sys
+import time
 from conftest import PHOTOS, srmodel_options, write_options
 
 from basicsr_mh.data.example_pairs import make_pair_folder
@@ -12,24 +14,31 @@ from basicsr_mh.data.example_pairs import make_pair_folder
 pytestmark = pytest.mark.slow  # subprocess runs of training / the CLI
 
 
-def free_port():
-    """A TCP port nobody listens on now."""
+@contextlib.contextmanager
+def busy_port():
+    """A port on which this process listens while the context lasts (what another program may do at any time)."""
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+        sock.listen()
+        yield sock.getsockname()[1]
 
 
-def run(args, workdir, nproc=None, timeout=300):
-    """Run ``python -m <args>`` (under torch.distributed.run with ``nproc`` processes); returns the process."""
-    env = dict(os.environ, OMP_NUM_THREADS='1', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()))
+def run(args, workdir, nproc=None, timeout=300, env_extra=None):
+    """Run ``python -m <args>`` (under ``torchrun --standalone`` with ``nproc`` processes); returns the process.
+
+    No port is chosen here: ``--standalone`` lets the rendezvous store bind a free port itself and hand it to the
+    workers. (Picking a free port, closing it and passing it to torchrun raced with every program of the machine that
+    bound a port meanwhile: torchrun then failed with EADDRINUSE.) The whole output is kept in ``workdir`` for a
+    failure's diagnosis.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS='1', **(env_extra or {}))
     cmd = [sys.executable, '-m']
     if nproc:
-        cmd += [
-            'torch.distributed.run', '--nproc_per_node',
-            str(nproc), '--master_addr', '127.0.0.1', '--master_port', env['MASTER_PORT'], '-m'
-        ]
+        cmd += ['torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc), '-m']
     proc = subprocess.run(cmd + args, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    log = workdir / f'{args[0]}_{nproc or 1}proc_{time.monotonic_ns()}.log'
+    log.write_text(f'{cmd + args}\nreturn code {proc.returncode}\n{proc.stdout}\n----- stderr -----\n{proc.stderr}')
+    assert proc.returncode == 0, f'{log}:\n' + proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
 
@@ -64,6 +73,8 @@ def test_ddp_training_writes_one_experiment(ddp_run):
 
 
 def test_sharded_validation_equals_one_process(ddp_run):
+    """Also: the 2-process run does not depend on a port being free (MASTER_PORT and torchrun's default port point
+    at a port in use during it; a launch with ``--master_port`` on a port in use fails with EADDRINUSE)."""
     workdir, train_opt = ddp_run
     ckpt = str(workdir / 'experiments' / 'ddp_mhc' / 'models' / 'net_g_latest.pth')
     results = {}
@@ -73,7 +84,9 @@ def test_sharded_validation_equals_one_process(ddp_run):
         opt['path'] = dict(train_opt['path'], pretrain_network_g=ckpt, param_key_g='params_ema')
         opt_path = write_options(workdir / f'test_{nproc}.yml', opt)
         args = ['basicsr_mh.test', '-opt', opt_path] + (['--launcher', 'pytorch'] if nproc > 1 else [])
-        run(args, workdir, nproc=nproc if nproc > 1 else None)
+        with busy_port() as port:
+            taken = {'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port), 'PET_MASTER_PORT': str(port)}
+            run(args, workdir, nproc=nproc if nproc > 1 else None, env_extra=taken)
         results[nproc] = json.loads((workdir / 'results' / opt['name'] / 'metrics.json').read_text())['TinyVal']
     assert set(results[2]) == set(results[1])
     assert {'psnr', 'psnr_overall', 'psnr_worst', 'psnr_h9', 'ssim', 'ssim_overall', 'best_head'} <= set(results[1])
