@@ -8,6 +8,10 @@ checkpoint exists and loads (half-written files are skipped with a warning), res
 head statistics, every rank's RNG states and the position inside the epoch, so a resumed run ends with the same
 numbers as an uninterrupted one (exactly so with ``num_worker_per_gpu: 0``). Validation does not touch the training
 RNG streams. Each validation's metrics are written to ``experiments/<name>/metrics.json`` (rank 0).
+
+Preemption (:mod:`basicsr_mh.preemption`): SIGTERM or SIGUSR1 during the loop ends the run after the current step,
+with a complete resumable state (all ranks agree on the step; rank 0 writes atomically); the process exits with
+:data:`~basicsr_mh.preemption.PREEMPTED_EXIT_CODE` (75) and ``--auto_resume`` continues exactly.
 """
 import datetime
 import math
@@ -33,6 +37,8 @@ from basicsr_mh_cli.parsers import train_test_parser
 from .cli_options import finish_distributed, make_exp_dirs, options_from_args, setup_root_logger
 from .models.checkpoint import (UntrustedCheckpointError, atomic_write_json, checkpoint_trust, preserved_rng,
                                 read_checkpoint, set_rng_state)
+from .models.multihead_model import MultiHeadImageRestorationModel
+from .preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionWatch
 from .preflight import preflight
 
 
@@ -225,9 +231,40 @@ def train_pipeline(root_path, argv=None, on_validation=None):
 
 
 def run(args, prog='basicsr-mh train'):
-    """``basicsr-mh train`` with parsed arguments, the current directory as root; returns the exit code 0."""
-    train(os.getcwd(), args)
+    """``basicsr-mh train`` with parsed arguments, the current directory as root; returns the exit code: 0, or
+    :data:`~basicsr_mh.preemption.PREEMPTED_EXIT_CODE` when a signal stopped the run after writing its state."""
+    try:
+        train(os.getcwd(), args)
+    except Preempted as stop:
+        print(f'basicsr-mh: {stop}', file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     return 0
+
+
+def save_checkpoint(model, epoch, current_iter, epoch_iter, opt):
+    """``model.save``; a basicsr-mh model also records the loop's position in the epoch (``epoch_iter``) and the
+    world size, for an exact resume. Returns the training state's path."""
+    if isinstance(model, MultiHeadImageRestorationModel):
+        model.save(epoch, current_iter, extras={'epoch_iter': epoch_iter, 'world_size': opt['world_size']})
+    else:  # BasicSR's own SRModel (a plain single-head file)
+        model.save(epoch, current_iter)
+    return osp.join(opt['path']['training_states'], f'{current_iter}.state')
+
+
+def _stop_for_preemption(model, watch, epoch, current_iter, epoch_iter, saved, opt, tb_logger):
+    """Write the state of the finished step (unless this step's checkpoint was just written), log, release the
+    distributed group and raise :class:`~basicsr_mh.preemption.Preempted`."""
+    logger = get_root_logger()
+    state_path = osp.join(opt['path']['training_states'], f'{current_iter}.state')
+    if not saved:
+        logger.info('Saving models and training states before stopping.')
+        state_path = save_checkpoint(model, epoch, current_iter, epoch_iter, opt)
+    logger.warning(f'Stopped by {watch.signal_name} after iteration {current_iter}: resumable state {state_path}; '
+                   f'exit code {PREEMPTED_EXIT_CODE}. Continue with --auto_resume.')
+    if tb_logger:
+        tb_logger.close()
+    finish_distributed(opt)
+    raise Preempted(watch.signal_name, current_iter, state_path)
 
 
 def train(root_path, args, on_validation=None):
@@ -295,51 +332,54 @@ def train(root_path, args, on_validation=None):
     metrics_path = osp.join(opt['path']['experiments_root'], 'metrics.json')
     last_val_iter = None
     epoch = start_epoch
-    for epoch in range(start_epoch, total_epochs + 1):
-        train_sampler.set_epoch(epoch)
-        epoch_iter = 0
-        if resume_state is not None and epoch == start_epoch:
-            epoch_iter = min(skip_batches, iters_per_epoch)
-            train_sampler.skip = epoch_iter * batch_size
-        prefetcher.reset()
-        if resume_state is not None and epoch == start_epoch:
-            rng = resume_state.get('rng') or []
-            if len(rng) == opt['world_size']:
-                set_rng_state(rng[opt['rank']])
-            else:
-                logger.warning(f'Resume state has RNG states of {len(rng)} process(es), this run has '
-                               f'{opt["world_size"]}: random streams restart from the seed.')
-        train_data = prefetcher.next()
-        while train_data is not None:
-            data_timer.record()
-            current_iter += 1
+    with PreemptionWatch() as watch:  # SIGTERM/SIGUSR1: stop after the current step, resumable
+        for epoch in range(start_epoch, total_epochs + 1):
+            train_sampler.set_epoch(epoch)
+            epoch_iter = 0
+            if resume_state is not None and epoch == start_epoch:
+                epoch_iter = min(skip_batches, iters_per_epoch)
+                train_sampler.skip = epoch_iter * batch_size
+            prefetcher.reset()
+            if resume_state is not None and epoch == start_epoch:
+                rng = resume_state.get('rng') or []
+                if len(rng) == opt['world_size']:
+                    set_rng_state(rng[opt['rank']])
+                else:
+                    logger.warning(f'Resume state has RNG states of {len(rng)} process(es), this run has '
+                                   f'{opt["world_size"]}: random streams restart from the seed.')
+            train_data = prefetcher.next()
+            while train_data is not None:
+                data_timer.record()
+                current_iter += 1
+                if current_iter > total_iters:
+                    break
+                epoch_iter += 1
+                model.update_learning_rate(current_iter, warmup_iter=opt['train'].get('warmup_iter', -1))
+                model.feed_data(train_data)
+                model.optimize_parameters(current_iter)
+                iter_timer.record()
+                if current_iter == 1:
+                    msg_logger.reset_start_time()
+                if current_iter % opt['logger']['print_freq'] == 0:
+                    log_vars = {'epoch': epoch, 'iter': current_iter, 'lrs': model.get_current_learning_rate()}
+                    log_vars.update({'time': iter_timer.get_avg_time(), 'data_time': data_timer.get_avg_time()})
+                    log_vars.update(model.get_current_log())
+                    msg_logger(log_vars)
+                # validation first (BasicSR saves first): a checkpoint records the best head of its own iteration
+                if val_freq is not None and current_iter % val_freq == 0:
+                    validate_all(model, val_loaders, current_iter, tb_logger, opt, metrics_path, on_validation)
+                    last_val_iter = current_iter
+                saved = current_iter % opt['logger']['save_checkpoint_freq'] == 0
+                if saved:
+                    logger.info('Saving models and training states.')
+                    save_checkpoint(model, epoch, current_iter, epoch_iter, opt)
+                if watch.stop_requested(distributed=_dist_ready(opt)):  # every rank asks after every step
+                    _stop_for_preemption(model, watch, epoch, current_iter, epoch_iter, saved, opt, tb_logger)
+                data_timer.start()
+                iter_timer.start()
+                train_data = prefetcher.next()
             if current_iter > total_iters:
                 break
-            epoch_iter += 1
-            model.update_learning_rate(current_iter, warmup_iter=opt['train'].get('warmup_iter', -1))
-            model.feed_data(train_data)
-            model.optimize_parameters(current_iter)
-            iter_timer.record()
-            if current_iter == 1:
-                msg_logger.reset_start_time()
-            if current_iter % opt['logger']['print_freq'] == 0:
-                log_vars = {'epoch': epoch, 'iter': current_iter, 'lrs': model.get_current_learning_rate()}
-                log_vars.update({'time': iter_timer.get_avg_time(), 'data_time': data_timer.get_avg_time()})
-                log_vars.update(model.get_current_log())
-                msg_logger(log_vars)
-            # validation first (BasicSR saves first): a checkpoint records the best head of its own iteration
-            if val_freq is not None and current_iter % val_freq == 0:
-                validate_all(model, val_loaders, current_iter, tb_logger, opt, metrics_path, on_validation)
-                last_val_iter = current_iter
-            if current_iter % opt['logger']['save_checkpoint_freq'] == 0:
-                logger.info('Saving models and training states.')
-                model.training_state_extras = {'epoch_iter': epoch_iter, 'world_size': opt['world_size']}
-                model.save(epoch, current_iter)
-            data_timer.start()
-            iter_timer.start()
-            train_data = prefetcher.next()
-        if current_iter > total_iters:
-            break
 
     consumed = str(datetime.timedelta(seconds=int(time.time() - start_time)))
     logger.info(f'End of training. Time consumed: {consumed}')
@@ -358,10 +398,11 @@ def train(root_path, args, on_validation=None):
 
 
 def main(argv=None):
-    """``python -m basicsr_mh.train -opt ...``: train with the current directory as root."""
-    return train_pipeline(os.getcwd(), argv if argv is not None else sys.argv[1:])
+    """``python -m basicsr_mh.train -opt ...`` (torchrun too): train with the current directory as root; returns the
+    exit code (:func:`run`)."""
+    return run(
+        train_test_parser('python -m basicsr_mh.train', True).parse_args(argv if argv is not None else sys.argv[1:]))
 
 
 if __name__ == '__main__':
-    main()
-    sys.exit(0)
+    sys.exit(main())

@@ -61,8 +61,6 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
         self.final_index = -1
         #: Steps skipped for a non-finite loss or gradient (``train.skip_nonfinite: true``).
         self.skipped_steps = 0
-        #: Extra entries of the next training state (the training loop's position in the epoch), see train.py.
-        self.training_state_extras = {}
         super().__init__(opt)
         bare = self.get_bare_model(self.net_g)
         self.num_heads = getattr(bare, 'num_heads', 1)
@@ -437,11 +435,19 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
         save_dict[MULTIHEAD_META_KEY] = self.multihead_meta()
         atomic_torch_save(save_dict, save_path)
 
-    def save_training_state(self, epoch, current_iter):
+    def save(self, epoch, current_iter, extras=None):
+        """BasicSR's ``save``: ``net_g`` (and ``net_g_ema``) and the training state; ``extras`` (a dict of numbers:
+        the training loop's position in the epoch) go into the training state."""
+        if hasattr(self, 'net_g_ema'):
+            self.save_network([self.net_g, self.net_g_ema], 'net_g', current_iter, param_key=['params', 'params_ema'])
+        else:
+            self.save_network(self.net_g, 'net_g', current_iter)
+        self.save_training_state(epoch, current_iter, extras)
+
+    def save_training_state(self, epoch, current_iter, extras=None):
         """Optimizers, schedulers, head statistics and every rank's RNG states, written atomically (by rank 0) as
         tensors, numbers, strings and plain containers only, so that ``torch.load(weights_only=True)`` reads it.
-
-        ``training_state_extras`` (set by the training loop: the position in the epoch) is added.
+        ``extras`` (from :meth:`save`) are added.
         """
         if current_iter == -1:
             return
@@ -461,7 +467,7 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
             'skipped_steps': int(self.skipped_steps),
             'rng': rng,
         }
-        state.update(self.training_state_extras)
+        state.update(extras or {})
         if hasattr(self, 'best_metric_results'):
             state['best_metric_results'] = {
                 dataset: {
