@@ -23,6 +23,7 @@ from copy import deepcopy
 from torch import nn
 
 from ..keys import close_names
+from .pair_means import pair_means
 
 __all__ = [
     'MultiHeadArch', 'MultiHeadConv2d', 'MultiHeadInputConv2d', 'ScoreBranch', 'image_scores', 'extended_head_pairs',
@@ -762,7 +763,7 @@ class MultiHeadArch(nn.Module):
         """(B, K, C, h, w) -> (B, K', C, h, w): extended heads in pair order (identity without combine)."""
         if not self.combine:
             return heads
-        return (heads.index_select(1, self.pair_i) + heads.index_select(1, self.pair_j)) * 0.5
+        return pair_means(heads, self.pair_i, self.pair_j)
 
     def forward(self, x, return_scores=False):
         """(B, C_in, H, W) -> (B, K', C_out, H', W'), or a list of them for multi-stage backbones.

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..archs.multihead_arch import MultiHeadArch, head_pair_name, image_scores
 from ..keys import MULTIHEAD_META_KEY, strip_module_prefix
-from ..losses.min_head_loss import ASSIGNMENT_KEYS, MinHeadLoss, log_loss_upgrade
+from ..losses.min_head_loss import ASSIGNMENT_KEYS, MinHeadLoss, MinHeadResult, log_loss_upgrade
 from ..metrics import per_head_many
 from ..options import check_score_weight, upgrade_options
 from .checkpoint import (NonFiniteError, atomic_torch_save, check_finite_state, checkpoint_trust, get_rng_state,
@@ -264,12 +264,15 @@ class MultiHeadImageRestorationModel(SRModel):
         stage_losses = []
         if self.cri_pix:
             l_pix = 0.
-            loss_args = {'current_iter': current_iter} if isinstance(self.cri_pix, MinHeadLoss) else {}
             for index, stage in enumerate(stages):
-                l_pix = l_pix + self.cri_pix(stage, self.gt, **loss_args)
-                stage_losses.append(getattr(self.cri_pix, 'last_losses', None))
+                if isinstance(self.cri_pix, MinHeadLoss):
+                    result = self.cri_pix.assign(stage, self.gt, current_iter)
+                else:
+                    result = MinHeadResult(self.cri_pix(stage, self.gt))
+                l_pix = l_pix + result.loss
+                stage_losses.append(result.losses)
                 if index == self.final_index % len(stages):
-                    final_winners = getattr(self.cri_pix, 'last_winners', None)
+                    final_winners = result.winners
             l_total = l_total + l_pix
             loss_dict['l_pix'] = l_pix
         if scores is not None and final_winners is not None:
