@@ -15,11 +15,12 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
+from ..acceleration import Acceleration
 from ..archs.multihead_arch import MultiHeadArch, head_pair_name, image_scores
 from ..keys import MULTIHEAD_META_KEY, strip_module_prefix
 from ..losses.min_head_loss import ASSIGNMENT_KEYS, MinHeadLoss, MinHeadResult, log_loss_upgrade
 from ..metrics import per_head_many
-from ..options import check_score_weight, upgrade_options
+from ..options import acceleration_section, check_score_weight, upgrade_options
 from .checkpoint import (NonFiniteError, atomic_torch_save, check_finite_state, checkpoint_trust, get_rng_state,
                          read_checkpoint)
 from .lr_scheduler import build_scheduler
@@ -82,7 +83,16 @@ class MultiHeadImageRestorationModel(SRModel):
         self.skipped_steps = 0
         #: Extra entries of the next training state (the training loop's position in the epoch), see train.py.
         self.training_state_extras = {}
+        #: ``train.amp``/``channels_last``/``compile`` (``val.*`` for a test run), see :mod:`basicsr_mh.acceleration`.
+        section = acceleration_section(opt)
+        device = 'cuda' if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available() else 'cpu'
+        self.acceleration = Acceleration.from_options(opt.get(section), device, section)
+        self._compiled = {}
+        self.grad_scaler = None
         super().__init__(opt)
+        if self.acceleration.enabled:
+            get_root_logger().info(f'basicsr-mh: {self.acceleration.describe()} ({section}.amp, '
+                                   f'{section}.channels_last, {section}.compile).')
         bare = self.get_bare_model(self.net_g)
         self.num_heads = getattr(bare, 'num_heads', 1)
         self.combine = getattr(bare, 'combine', False)
@@ -106,8 +116,9 @@ class MultiHeadImageRestorationModel(SRModel):
 
     # ------------------------------------------------------------------ setup
     def model_to_device(self, net):
-        """Move to the device; DDP on CUDA or (gloo) CPU, DataParallel for several GPUs without DDP."""
-        net = net.to(self.device)
+        """Move to the device (channels_last with ``train.channels_last``); DDP on CUDA or (gloo) CPU, DataParallel
+        for several GPUs without DDP."""
+        net = self.acceleration.prepare_network(net.to(self.device))
         if self.opt['dist']:
             find_unused = self.opt.get('find_unused_parameters', False)
             device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
@@ -139,7 +150,7 @@ class MultiHeadImageRestorationModel(SRModel):
         self.ema_decay = train_opt.get('ema_decay', 0)
         if self.ema_decay > 0:
             logger.info(f'Use Exponential Moving Average with decay: {self.ema_decay}')
-            self.net_g_ema = build_network(self.opt['network_g']).to(self.device)
+            self.net_g_ema = self.acceleration.prepare_network(build_network(self.opt['network_g']).to(self.device))
             load_path = self.opt['path'].get('pretrain_network_g', None)
             if load_path is not None:
                 self.load_network(self.net_g_ema, load_path, self.opt['path'].get('strict_load_g', True), 'params_ema')
@@ -175,6 +186,7 @@ class MultiHeadImageRestorationModel(SRModel):
         if self.mixing is not None:
             logger.info(f'Mixing augmentation: mixup (beta {self.mixing.dist.concentration1.item():g}, identity '
                         f'{"on" if self.mixing.use_identity else "off"}).')
+        self.grad_scaler = self.acceleration.grad_scaler()
         self.setup_optimizers()
         self.setup_schedulers()
 
@@ -253,10 +265,11 @@ class MultiHeadImageRestorationModel(SRModel):
         self.augment_batch(current_iter)
         self.optimizer_g.zero_grad()
         scores = None
+        # under train.amp only the network runs in low precision: losses, assignment and logs are FP32
         if self.has_scores:
-            outputs, scores = self.net_g(self.lq, return_scores=True)
+            outputs, scores = self.acceleration.run(self.net_g, self.lq, self._compiled, return_scores=True)
         else:
-            outputs = self.net_g(self.lq)
+            outputs = self.acceleration.run(self.net_g, self.lq, self._compiled)
         stages = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         l_total = 0
         loss_dict = OrderedDict()
@@ -293,9 +306,13 @@ class MultiHeadImageRestorationModel(SRModel):
         if not self._finite_on_all_ranks(l_total):
             detail = self._nonfinite_loss_detail(stages, stage_losses, loss_dict)
             return self._nonfinite_step(current_iter, 'loss', detail)
-        l_total.backward()
+        if self.grad_scaler is not None:  # fp16: a non-finite gradient is the scaler's business (skip, lower scale)
+            self.grad_scaler.scale(l_total).backward()
+            self.grad_scaler.unscale_(self.optimizer_g)
+        else:
+            l_total.backward()
         grads = [p.grad for p in self.net_g.parameters() if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        if self.grad_scaler is None and grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             names = [
                 n for n, p in self.get_bare_model(self.net_g).named_parameters()
                 if p.grad is not None and not bool(torch.isfinite(p.grad).all())
@@ -306,7 +323,11 @@ class MultiHeadImageRestorationModel(SRModel):
             self.watch_dead_heads(final_winners, current_iter)
         if self.use_grad_clip:
             torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), 0.01)
-        self.optimizer_g.step()
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer_g)
+            self.grad_scaler.update()
+        else:
+            self.optimizer_g.step()
         self.log_dict = self.reduce_loss_dict(loss_dict)
         if self.skipped_steps:
             self.log_dict['skipped_steps'] = float(self.skipped_steps)
@@ -489,7 +510,8 @@ class MultiHeadImageRestorationModel(SRModel):
         step = (self.opt.get('val') or {}).get('max_minibatch') or lq.shape[0]
         outs = []
         for start in range(0, lq.shape[0], step):
-            out = net(lq[start:start + step])
+            out = self.acceleration.run(net, lq[start:start + step], self._compiled,
+                                        f'{acceleration_section(self.opt)}.compile')
             outs.append(out[self.final_index] if isinstance(out, (list, tuple)) else out)
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
@@ -682,8 +704,9 @@ class MultiHeadImageRestorationModel(SRModel):
         keys = param_key if isinstance(param_key, list) else [param_key]
         save_dict = {}
         for net_, key in zip(nets, keys):
-            state = self.get_bare_model(net_).state_dict()
-            save_dict[key] = OrderedDict((k, v.detach().cpu()) for k, v in strip_module_prefix(state).items())
+            state = self.get_bare_model(net_).state_dict()  # the module, never its compiled form: same keys
+            save_dict[key] = OrderedDict(
+                (k, v.detach().cpu().contiguous()) for k, v in strip_module_prefix(state).items())
             check_finite_state(save_dict[key], f'{save_path} ({key})')
         if self.opt['rank'] != 0:
             return
@@ -714,6 +737,8 @@ class MultiHeadImageRestorationModel(SRModel):
             'skipped_steps': int(self.skipped_steps),
             'rng': rng,
         }
+        if self.grad_scaler is not None:
+            state['grad_scaler'] = self.grad_scaler.state_dict()
         state.update(self.training_state_extras)
         if hasattr(self, 'best_metric_results'):
             state['best_metric_results'] = {
@@ -737,3 +762,5 @@ class MultiHeadImageRestorationModel(SRModel):
         if 'best_metric_results' in resume_state:
             self.best_metric_results = resume_state['best_metric_results']
         self.skipped_steps = int(resume_state.get('skipped_steps', 0))
+        if self.grad_scaler is not None and 'grad_scaler' in resume_state:
+            self.grad_scaler.load_state_dict(resume_state['grad_scaler'])

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from basicsr.utils import get_root_logger
 
+from ..acceleration import Acceleration
 from .common import final_output
 
 PAD_CANDIDATES = (8, 16, 32, 64)
@@ -43,16 +44,20 @@ class HeadRunner:
             ``val.window_size``). When a forward fails at a size, 8, 16, 32, 64 are tried in turn, and kept.
         with_scores (bool): also return the score branch's per-pixel logits (``head_scores``), padded, tiled and
             blended as the heads.
+        acceleration (Acceleration | None): autocast and channels_last for the forward passes
+            (:class:`basicsr_mh.acceleration.Acceleration`); the outputs are FP32 either way.
 
     ``runner(x)``: ``x`` (B, C, H, W) float in [0, 1] -> (B, K', C_out, H * s, W * s) float on the CPU
     (K' = 1 for a plain network; the final stage of multi-stage backbones); with ``with_scores`` a tuple
     ``(heads, scores (B, K', H * s, W * s))``.
     """
 
-    def __init__(self, net, device='cpu', tile=0, overlap=32, pad_multiple=None, with_scores=False):
+    def __init__(self, net, device='cpu', tile=0, overlap=32, pad_multiple=None, with_scores=False, acceleration=None):
         self.device = torch.device(device)
         self.with_scores = bool(with_scores)
-        self.net = net.to(self.device).eval()
+        self.acceleration = acceleration or Acceleration(device_type=self.device.type)
+        self.net = self.acceleration.prepare_network(net.to(self.device).eval())
+        self._compiled = {}
         self.tile = int(tile or 0)
         self.overlap = max(int(overlap or 0), 0)
         self.pad_multiple = int(pad_multiple or 1)
@@ -87,10 +92,10 @@ class HeadRunner:
             mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
             x = F.pad(x, (0, pad_w, 0, pad_h), mode)
         if self.with_scores:  # the logits travel as one more channel of each head through crops and tiles
-            heads, scores = self.net(x, return_scores=True)
+            heads, scores = self.acceleration.run(self.net, x, self._compiled, 'infer', return_scores=True)
             out = torch.cat([final_output(heads, self.net), scores.unsqueeze(2)], dim=2)
         else:
-            out = final_output(self.net(x), self.net)
+            out = final_output(self.acceleration.run(self.net, x, self._compiled, 'infer'), self.net)
         scale_h, scale_w = out.shape[-2] // x.shape[-2], out.shape[-1] // x.shape[-1]
         return out[..., :h * max(scale_h, 1), :w * max(scale_w, 1)]
 
