@@ -187,12 +187,14 @@ class MinHeadLoss(nn.Module):
     def per_head_losses(self, pred, target):
         """Inner loss of every sample and head: (B, K', C, H, W), (B, C, H, W) -> (B, K').
 
-        Batched calls of :meth:`per_sample` over a few heads at a time (at most :data:`HEAD_CHUNK_ELEMENTS` elements
+        An inner loss with a ``per_head`` method (:class:`PSNRLoss`) computes it itself. Otherwise batched calls of :meth:`per_sample` over a few heads at a time (at most :data:`HEAD_CHUNK_ELEMENTS` elements
         of ``pred`` per call, at least one head): few kernel launches, and neither ``target`` copied K' times nor K'
         full images of temporaries at once. A loss without a per-sample form (computed sample by sample anyway) goes
         head by head.
         """
         b, k = pred.shape[:2]
+        if hasattr(self.inner, 'per_head'):  # PSNRLoss: broadcast over the heads, no copies of the target
+            return self.inner.per_head(pred, target)
         batched = hasattr(self.inner, 'per_sample') or self._elementwise is not None
         step = max(1, HEAD_CHUNK_ELEMENTS // max(1, pred[:, 0].numel())) if batched else 1
         columns = []
