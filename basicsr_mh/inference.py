@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from basicsr.utils import get_root_logger
 
+from .acceleration import Acceleration
+
 #: paddings tried in turn when ``find_padding`` is set and a forward fails at a size
 PAD_CANDIDATES = (8, 16, 32, 64)
 #: the ``val`` keys that give a ``grids`` tile size
@@ -190,6 +192,10 @@ class InferenceRunner:
         with_scores (bool): also return the score branch's per-pixel logits (``head_scores``), padded, tiled and
             blended as the heads.
         out_device (torch.device | str | None): where the result is assembled (None: the network's device).
+        acceleration (Acceleration | None): autocast, channels_last and compile for the forward passes
+            (:class:`basicsr_mh.acceleration.Acceleration`; the outputs are FP32 either way); None: eager FP32.
+        compiled (dict | None): the cache of compiled forwards to use (a model keeps one across validations).
+        where (str): the option named when a compile falls back to eager.
 
     ``runner(x)``: ``x`` (B, C, H, W) (moved to the network's device minibatch by minibatch) -> heads
     (B, K', C_out, H * s, W * s) (K' = 1 for a plain network; the final stage of multi-stage backbones); with
@@ -203,9 +209,15 @@ class InferenceRunner:
                  tiling=None,
                  max_minibatch=None,
                  with_scores=False,
-                 out_device=None):
+                 out_device=None,
+                 acceleration=None,
+                 compiled=None,
+                 where='val.compile'):
         self.net = net
         self.device = next(iter(net.parameters()), torch.empty(0)).device
+        self.acceleration = acceleration or Acceleration(device_type=self.device.type)
+        self.compiled = {} if compiled is None else compiled
+        self.where = where
         self.pad_multiple = int(pad_multiple or 1)
         self.find_padding = bool(find_padding)
         self.tiling = tiling
@@ -214,12 +226,15 @@ class InferenceRunner:
         self.out_device = None if out_device is None else torch.device(out_device)
 
     @classmethod
-    def for_images(cls, net, device='cpu', tile=0, overlap=32, pad_multiple=None, with_scores=False):
-        """The runner of ``infer`` and ``analyze``: ``net`` moved to ``device`` in eval mode, the padding found when
-        a size fails, ``tile > 0`` blended tiles of ``tile`` input pixels, one image (or tile) per forward, results
-        as float32 on the CPU."""
+    def for_images(cls, net, device='cpu', tile=0, overlap=32, pad_multiple=None, with_scores=False, acceleration=None):
+        """The runner of ``infer`` and ``analyze``: ``net`` moved to ``device`` in eval mode (channels_last when
+        ``acceleration`` says so), the padding found when a size fails, ``tile > 0`` blended tiles of ``tile`` input
+        pixels, one image (or tile) per forward, results as float32 on the CPU."""
         tiling = BlendedTiling(tile, overlap) if tile and int(tile) > 0 else None
-        return cls(net.to(torch.device(device)).eval(), pad_multiple, True, tiling, 1, with_scores, 'cpu')
+        net = net.to(torch.device(device)).eval()
+        if acceleration is not None:
+            net = acceleration.prepare_network(net)
+        return cls(net, pad_multiple, True, tiling, 1, with_scores, 'cpu', acceleration, where='infer')
 
     @torch.no_grad()
     def __call__(self, x):
@@ -292,9 +307,9 @@ class InferenceRunner:
             mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
             x = F.pad(x, (0, pad_w, 0, pad_h), mode)
         if self.with_scores:  # the logits travel as one more channel of each head through crops and tiles
-            heads, scores = self.net(x, return_scores=True)
+            heads, scores = self.acceleration.run(self.net, x, self.compiled, self.where, return_scores=True)
             out = torch.cat([final_output(heads, self.net), scores.unsqueeze(2)], dim=2)
         else:
-            out = final_output(self.net(x), self.net)
+            out = final_output(self.acceleration.run(self.net, x, self.compiled, self.where), self.net)
         scale_h, scale_w = out.shape[-2] // x.shape[-2], out.shape[-1] // x.shape[-1]
         return out[..., :h * max(scale_h, 1), :w * max(scale_w, 1)]

@@ -7,9 +7,11 @@ model type (``SRModel`` to ``MultiHeadImageRestorationModel``; basicsr-mh's ``Im
 starts, with an error naming the key and the fix.
 """
 import inspect
+import torch
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
+from .acceleration import ACCELERATION_KEYS, check_acceleration_options
 from .heads import check_head_init, check_head_options, check_score_options, close_names, num_extended_heads, registered
 from .inference import check_grid_options
 from .losses.min_head_loss import ASSIGNMENT_KEYS, check_assignment_options
@@ -223,6 +225,8 @@ def upgrade_options(opt, notes=None):
     - ``datasets.*.use_flip`` (NAFNet/HINet) -> ``use_hflip`` for ``PairedImageDataset``.
     - ``train.pixel_opt.type`` must be a registered loss (the model wraps it in MinHeadLoss).
     - ``path.param_key`` (the forks' name) -> ``path.param_key_g``; ``val.grids`` needs a tile size.
+    - ``train.amp``/``channels_last``/``compile`` (``val.*`` for a test run) must be valid
+      (:func:`basicsr_mh.acceleration.check_acceleration_options`).
 
     Args:
         opt (dict): parsed options.
@@ -258,6 +262,8 @@ def upgrade_options(opt, notes=None):
                 f'a {MULTIHEAD_MODEL}) for the multi-head network.')
     elif not has_heads and model_type == 'SRModel' and opt.get('is_train', True):
         _upgrade_for_optimizer(opt, log)
+    if not has_heads and opt.get('model_type', 'SRModel') == 'SRModel':
+        _upgrade_for_acceleration(opt, log)
     pixel_opt = (opt.get('train') or {}).get('pixel_opt')
     if opt.get('is_train', True) and isinstance(pixel_opt, dict):
         loss_type = pixel_opt.get('type')
@@ -268,7 +274,15 @@ def upgrade_options(opt, notes=None):
             registered(LOSS_REGISTRY, inner.get('type'), 'train.pixel_opt.loss.type', 'loss')
     if opt.get('is_train', True) and (opt.get('train') or {}).get('score_weight') is not None:
         check_score_weight(opt['train']['score_weight'])
+    section = acceleration_section(opt)
+    check_acceleration_options(opt.get(section), section, torch.cuda.is_available() and opt.get('num_gpu') != 0)
     return opt
+
+
+def acceleration_section(opt):
+    """Where ``amp``/``channels_last``/``compile`` are read: ``train`` for a training (and its validation), ``val``
+    for ``basicsr-mh test``."""
+    return 'train' if opt.get('is_train', True) else 'val'
 
 
 def _check_srmodel_subclass(model_type):
@@ -319,6 +333,17 @@ def _upgrade_for_optimizer(opt, log):
             f'build train.optim_g.type {optim_type}; this one builds any torch.optim optimizer.')
     except Exception:  # noqa: BLE001  (an unknown name or bad arguments: the model reports it with the key)
         return
+
+
+def _upgrade_for_acceleration(opt, log):
+    """BasicSR's SRModel knows no ``amp``/``channels_last``/``compile``: a single-head SRModel that sets one runs as
+    MultiHeadImageRestorationModel (with a plain network it trains and validates as SRModel)."""
+    section = acceleration_section(opt)
+    given = [key for key in ACCELERATION_KEYS if (opt.get(section) or {}).get(key) not in (None, False)]
+    if given:
+        opt['model_type'] = MULTIHEAD_MODEL
+        log(f'basicsr-mh: model_type SRModel upgraded to {MULTIHEAD_MODEL} for {section}.{given[0]} (BasicSR\'s '
+            'SRModel has no mixed precision, channels_last or compile).')
 
 
 # ---------------------------------------------------------------------------------------------------- pre-flight

@@ -126,6 +126,13 @@ def infer_parser(prog=None):
         help='skip images whose header claims more pixels, before decoding them (default '
         f'{DEFAULT_MAX_PIXELS:,}; 0: no limit)')
     parser.add_argument('--device', help='cpu, cuda, cuda:1 (default: cuda when available)')
+    parser.add_argument(
+        '--amp',
+        choices=['bf16', 'fp16'],
+        help='run the network under autocast to bfloat16 (CPU, recent GPUs) or float16 (CUDA); outputs, selection '
+        'and the written images are computed in FP32 (default: FP32)')
+    parser.add_argument(
+        '--channels-last', action='store_true', help='network and inputs in channels_last (NHWC) memory format')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     return parser
 

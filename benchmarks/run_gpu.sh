@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Every GPU check in one go, for a machine with one CUDA device (a few minutes of GPU time in all):
-#   1. the CUDA tests (tests/unit/test_cuda.py and the CUDA metric test),
+#   1. the CUDA tests (tests/unit/test_cuda.py, the CUDA metric test, fp16 training with the gradient scaler),
 #   2. benchmarks/quality.py --preset gpu (single-head vs K = 4 vs MH-C, 3 seeds, runs in parallel on the GPU),
-#   3. benchmarks/speed.py --device cuda (step time, peak memory and validation time ratios; --reference when
-#      .ref/NAFNet-main holds the paper's reference code),
+#   3. benchmarks/speed.py --device cuda (step time, peak memory and validation time ratios; beside them the fork's
+#      FP32 single-head step and MH-C with amp bf16, channels_last, bf16 + channels_last (issue 12's target: >= 1.5x
+#      the fork's step rate, <= 0.7x its memory) and compile; --reference when .ref/NAFNet-main holds the paper's
+#      reference code),
 #   4. benchmarks/heads.py --preset gpu --scores (head_init x assignment, scores; the runs in parallel on the GPU).
 # Each part has its own time limit (seconds: TEST_S, QUALITY_S, SPEED_S, HEADS_S) and the next part runs whatever the last did;
 # PARTS (default "tests quality speed heads") chooses the parts; QUALITY_ARGS adds arguments to quality.py.
@@ -27,7 +29,8 @@ python3 -c 'import torch, basicsr_mh, basicsr; print("torch", torch.__version__,
 PARTS=${PARTS:-tests quality speed heads}
 if [[ " $PARTS " == *" tests "* ]]; then
     echo "== 1. CUDA tests" | tee -a "$LOG"
-    timeout "${TEST_S:-100}" python3 -m pytest -q -p no:cacheprovider tests/unit/test_cuda.py tests/unit/test_metrics.py -k cuda \
+    timeout "${TEST_S:-100}" python3 -m pytest -q -p no:cacheprovider tests/unit/test_cuda.py tests/unit/test_metrics.py \
+        tests/unit/test_acceleration.py -k "cuda or fp16" \
         2>&1 | tee -a "$LOG" | tail -n 5
 fi
 
@@ -45,8 +48,9 @@ if [[ " $PARTS " == *" speed "* ]]; then
     echo "== 3. speed.py --device cuda" | tee -a "$LOG"
     REF=()
     [ -f .ref/NAFNet-main/basicsr/models/archs/MHNAFNet_arch.py ] && REF=(--reference .ref)
-    timeout "${SPEED_S:-170}" python3 benchmarks/speed.py --device cuda --repeats 5 --steps 3 --memory-repeats 1 \
-        "${REF[@]}" --out "$OUT" 2>&1 | tee -a "$LOG"
+    timeout "${SPEED_S:-300}" python3 benchmarks/speed.py --device cuda --repeats 5 --steps 3 --memory-repeats 1 \
+        --variants "${SPEED_VARIANTS:-fork,mhc_bf16,mhc_cl,mhc_bf16_cl,mhc_compile}" "${REF[@]}" --out "$OUT" 2>&1 \
+        | tee -a "$LOG"
 fi
 if [[ " $PARTS " == *" heads "* ]]; then
     echo "== 4. heads.py --preset gpu --scores" | tee -a "$LOG"

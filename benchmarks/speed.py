@@ -6,6 +6,12 @@ For every configuration (NAFNet-width32 at 256x256, and CPU-sized Restormer and 
   stages of HINet) + backward + AdamW step, on random (B, 3, S, S) pairs. Single-head and MH-C models live in the
   same process; each repeat times ``--steps`` steps of both, alternating which goes first (ABBA), after a warm-up.
   Reported: the median over ``--repeats`` repeats of the mean step time, and the ratio of the medians;
+* **the options and the fork** (same interleaving, one process): ``fork`` = the plain backbone trained as BasicSR's
+  SRModel trains it (L1Loss, FP32, contiguous, eager, no basicsr-mh wrapper or loss; with ``--reference`` the
+  reference code's ``NAFNet`` for ``nafnet32``), and MH-C with each option of :mod:`basicsr_mh.acceleration`:
+  ``mhc_bf16`` (``amp: bf16``), ``mhc_cl`` (``channels_last``), ``mhc_bf16_cl`` (both: the GPU recipe),
+  ``mhc_compile`` (``compile: true``; its compilation happens in the warm-up and is not timed). ``--variants``
+  chooses them; the headline figure is MH-C's step against the fork's;
 * **peak memory** of training: on CUDA ``torch.cuda.max_memory_allocated`` (after ``reset_peak_memory_stats``); on the
   CPU the process RSS high-water mark (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) of a fresh subprocess per
   configuration and variant (imports, model build, 1 warm-up + ``--steps`` steps; ``VmHWM``, as ``ru_maxrss`` keeps
@@ -46,6 +52,7 @@ import torch
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
 
+from basicsr_mh.acceleration import Acceleration
 from basicsr_mh.losses.min_head_loss import MinHeadLoss
 from basicsr_mh.metrics import per_head
 from basicsr_mh.options import upgrade_network_options
@@ -82,7 +89,18 @@ CONFIGS = {
         cpu=dict(batch=1, size=256, val=(256, 256)),
         cuda=dict(batch=8, size=256, val=(720, 1280))),
 }
-VARIANTS = ('single', 'mhc')
+#: single-head and MH-C (the ratios of the targets) first, then the fork and the options.
+BASE_VARIANTS = ('single', 'mhc')
+OPTION_VARIANTS = {
+    'fork': {},
+    'mhc_bf16': dict(amp='bf16'),
+    'mhc_cl': dict(channels_last=True),
+    'mhc_bf16_cl': dict(amp='bf16', channels_last=True),
+    'mhc_compile': dict(compile=True),
+}
+VARIANTS = BASE_VARIANTS + tuple(OPTION_VARIANTS)
+#: variants whose peak memory is measured (compile: a fresh process would compile again, minutes on a CPU).
+MEMORY_VARIANTS = ('fork', 'single', 'mhc', 'mhc_bf16', 'mhc_cl', 'mhc_bf16_cl')
 METRICS = {
     'psnr': dict(type='calculate_psnr', crop_border=0, test_y_channel=False),
     'ssim': dict(type='calculate_ssim', crop_border=0, test_y_channel=False)
@@ -131,6 +149,34 @@ def network_options(name, device):
 
 
 def build(name, variant, device, reference=None):
+    """(network, loss, :class:`Acceleration`) of ``variant`` (:data:`VARIANTS`) for configuration ``name``."""
+    accel = Acceleration(device_type=device)
+    if variant in OPTION_VARIANTS:
+        accel = Acceleration(
+            device_type=device,
+            **{
+                k: ('default' if k == 'compile' else v)
+                for k, v in OPTION_VARIANTS[variant].items()
+            })
+    if variant == 'fork':
+        return build_fork(name, device, reference) + (accel, )
+    if variant.startswith('mhc'):
+        variant = 'mhc'
+    return build_plugin(name, variant, device, reference) + (accel, )
+
+
+def build_fork(name, device, reference=None):
+    """The fork's single-head training: the plain backbone (the reference ``NAFNet`` with ``--reference``) and
+    BasicSR's ``L1Loss``, as SRModel trains it."""
+    if CONFIGS[name]['net'] == 'reference' or (reference and name == 'nafnet32'):
+        kwargs = {k: v for k, v in NAFNET32.items() if k != 'type'}
+        net = load_reference(reference)['NAFNet'](**kwargs)
+    else:
+        net = build_network(network_options(name, device))
+    return net.to(device), build_loss({'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}).to(device)
+
+
+def build_plugin(name, variant, device, reference=None):
     """(network, loss) of ``variant`` ('single' or 'mhc') for configuration ``name`` on ``device``."""
     if CONFIGS[name]['net'] == 'reference':
         ref = load_reference(reference)
@@ -155,10 +201,11 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def train_step(net, loss, optim, x, y):
-    """One training step: forward, loss (summed over stages of list outputs), backward, optimizer step."""
+def train_step(net, loss, optim, x, y, accel=None, cache=None):
+    """One training step: forward (with ``accel``'s autocast, memory format and compile; the output in FP32), loss
+    (summed over stages of list outputs), backward, optimizer step."""
     optim.zero_grad(set_to_none=True)
-    out = net(x)
+    out = accel.run(net, x, cache if cache is not None else {}) if accel is not None else net(x)
     stages = out if isinstance(out, (list, tuple)) else [out]
     total = sum(loss(stage, y) for stage in stages)
     total.backward()
@@ -183,41 +230,48 @@ def timed(fn, device, n):
     return (time.perf_counter() - start) / n
 
 
-def validate(net, lq, gt):
+def validate(net, lq, gt, accel=None, cache=None):
     """The validation work for one image: forward (no_grad, eval) and per-head PSNR and SSIM."""
     with torch.no_grad():
-        out = net(lq)
+        out = accel.run(net, lq, cache if cache is not None else {}) if accel is not None else net(lq)
         out = out[-1] if isinstance(out, (list, tuple)) else out
         heads = out if out.dim() == 5 else out.unsqueeze(1)
         return {m: per_head(heads, gt, opt) for m, opt in METRICS.items()}
 
 
-def measure_time(name, device, repeats, steps, reference=None):
-    """Interleaved step and validation times of both variants: ``{variant: {'step': [..], 'val': [..]}}``."""
+def measure_time(name, device, repeats, steps, reference=None, variants=VARIANTS):
+    """Interleaved step times of ``variants`` and validation times of single-head and MH-C:
+    ``{variant: {'step': [..], 'val': [..]}}``."""
     torch.manual_seed(0)
-    models = {v: build(name, v, device, reference) for v in VARIANTS}
-    optims = {v: torch.optim.AdamW(models[v][0].parameters(), 1e-4) for v in VARIANTS}
+    models = {}
+    for v in variants:
+        net, loss, accel = build(name, v, device, reference)
+        models[v] = (accel.prepare_network(net), loss, accel, {})
+    optims = {v: torch.optim.AdamW(models[v][0].parameters(), 1e-4) for v in variants}
     x, y = batch(name, device)
     vh, vw = CONFIGS[name][device]['val']
     gen = torch.Generator().manual_seed(1)
     lq, gt = torch.rand(1, 3, vh, vw, generator=gen).to(device), torch.rand(1, 3, vh, vw, generator=gen).to(device)
-    times = {v: {'step': [], 'val': []} for v in VARIANTS}
-    for v in VARIANTS:  # warm-up (allocator, oneDNN/cuDNN kernels)
-        net, loss = models[v]
+    times = {v: {'step': [], 'val': []} for v in variants}
+    validated = [v for v in BASE_VARIANTS if v in variants]
+    for v in variants:  # warm-up (allocator, oneDNN/cuDNN kernels, compilation)
+        net, loss, accel, cache = models[v]
         net.train()
-        train_step(net, loss, optims[v], x, y)
-        net.eval()
-        validate(net, lq, gt)
-    for rep in range(repeats):
-        order = VARIANTS if rep % 2 == 0 else VARIANTS[::-1]
-        for v in order:
-            net, loss = models[v]
-            net.train()
-            times[v]['step'].append(timed(lambda: train_step(net, loss, optims[v], x, y), device, steps))
-        for v in order:
-            net = models[v][0]
+        for _ in range(2 if accel.compile else 1):
+            train_step(net, loss, optims[v], x, y, accel, cache)
+        if v in validated:
             net.eval()
-            times[v]['val'].append(timed(lambda: validate(net, lq, gt), device, 1))
+            validate(net, lq, gt, accel, cache)
+    for rep in range(repeats):
+        order = variants if rep % 2 == 0 else variants[::-1]
+        for v in order:
+            net, loss, accel, cache = models[v]
+            net.train()
+            times[v]['step'].append(timed(lambda: train_step(net, loss, optims[v], x, y, accel, cache), device, steps))
+        for v in (validated if rep % 2 == 0 else validated[::-1]):
+            net, _, accel, cache = models[v]
+            net.eval()
+            times[v]['val'].append(timed(lambda: validate(net, lq, gt, accel, cache), device, 1))
     return times
 
 
@@ -243,14 +297,16 @@ def memory_child(name, variant, device, steps, reference):
     """Run in a fresh process: peak memory of 1 + ``steps`` training steps; prints one JSON line."""
     base = rss_high_water_mb()
     torch.manual_seed(0)
-    net, loss = build(name, variant, device, reference)
+    net, loss, accel = build(name, variant, device, reference)
+    net = accel.prepare_network(net)
     optim = torch.optim.AdamW(net.parameters(), 1e-4)
     x, y = batch(name, device)
     if device == 'cuda':
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    cache = {}
     for _ in range(1 + steps):
-        train_step(net, loss, optim, x, y)
+        train_step(net, loss, optim, x, y, accel, cache)
     result = {'peak_rss_mb': rss_high_water_mb(), 'base_rss_mb': base}
     result['train_rss_mb'] = result['peak_rss_mb'] - base
     if device == 'cuda':
@@ -259,11 +315,11 @@ def memory_child(name, variant, device, steps, reference):
     print('MEMORY ' + json.dumps(result), flush=True)
 
 
-def measure_memory(name, device, steps, repeats, reference=None):
-    """Peak memory of both variants, each in fresh subprocesses (alternating): ``{variant: [result, ...]}``."""
-    out = {v: [] for v in VARIANTS}
+def measure_memory(name, device, steps, repeats, reference=None, variants=MEMORY_VARIANTS):
+    """Peak memory of ``variants``, each in fresh subprocesses (alternating): ``{variant: [result, ...]}``."""
+    out = {v: [] for v in variants}
     for rep in range(repeats):
-        for v in (VARIANTS if rep % 2 == 0 else VARIANTS[::-1]):
+        for v in (variants if rep % 2 == 0 else variants[::-1]):
             cmd = [
                 sys.executable,
                 os.path.abspath(__file__), '--memory-child', name, v, '--device', device, '--steps',
@@ -281,75 +337,111 @@ def measure_memory(name, device, steps, repeats, reference=None):
 
 
 # ---------------------------------------------------------------------------------------------------- report
-def _ratio(a, b):
-    return a / b if b else float('nan')
+def _spread(a, b):
+    """[min, max] over the repeats of the interleaved per-repeat ratio a[i] / b[i]."""
+    ratios = [_ratio(x, y) for x, y in zip(a, b)]
+    return [min(ratios), max(ratios)] if ratios else None
 
 
 def summarize(name, device, times, memory):
-    """Medians and ratios (MH-C over single-head) of one configuration."""
-    med = {v: {k: statistics.median(times[v][k]) for k in ('step', 'val')} for v in VARIANTS}
+    """Medians and ratios (MH-C over single-head; every variant over the fork) of one configuration."""
+    timed_variants = [v for v in VARIANTS if v in times]
+    step = {v: statistics.median(times[v]['step']) for v in timed_variants}
+    val = {v: statistics.median(times[v]['val']) for v in timed_variants if times[v]['val']}
     mem_key = 'cuda_peak_mb' if device == 'cuda' else 'train_rss_mb'
-    mem = {v: statistics.median(r[mem_key] for r in memory[v]) for v in VARIANTS}
-    peak = {v: statistics.median(r['peak_rss_mb'] for r in memory[v]) for v in VARIANTS}
+    mem = {v: statistics.median(r[mem_key] for r in memory[v]) for v in memory}
+    peak = {v: statistics.median(r['peak_rss_mb'] for r in memory[v]) for v in memory}
     cfg = CONFIGS[name][device]
-    return {
+    row = {
         'config': name,
         'train_batch': cfg['batch'],
         'train_size': cfg['size'],
         'val_size': list(cfg['val']),
         'network':
         'reference NAFNet / MHNAFNet' if CONFIGS[name]['net'] == 'reference' else network_options(name, device),
-        'step_s': {
-            v: med[v]['step']
-            for v in VARIANTS
-        },
-        'step_ratio': _ratio(med['mhc']['step'], med['single']['step']),
-        'val_s': {
-            v: med[v]['val']
-            for v in VARIANTS
-        },
-        'val_ratio': _ratio(med['mhc']['val'], med['single']['val']),
+        'step_s': step,
+        'step_ratio': _ratio(step.get('mhc'), step.get('single')),
+        'step_ratio_spread': _spread(times.get('mhc', {}).get('step', []),
+                                     times.get('single', {}).get('step', [])),
+        'val_s': val,
+        'val_ratio': _ratio(val.get('mhc'), val.get('single')),
         'memory_kind': mem_key,
         'memory_mb': mem,
-        'memory_ratio': _ratio(mem['mhc'], mem['single']),
+        'memory_ratio': _ratio(mem.get('mhc'), mem.get('single')),
         'process_peak_rss_mb': peak,
-        'process_peak_rss_ratio': _ratio(peak['mhc'], peak['single']),
+        'process_peak_rss_ratio': _ratio(peak.get('mhc'), peak.get('single')),
         'raw': {
             'times': times,
             'memory': memory
         },
     }
+    if 'fork' in step:  # step rate (fork's step time over the variant's) and memory over the fork's
+        row['rate_vs_fork'] = {v: _ratio(step['fork'], t) for v, t in step.items()}
+        row['memory_vs_fork'] = {v: _ratio(m, mem['fork']) for v, m in mem.items() if 'fork' in mem}
+    return row
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else float('nan')
 
 
 def _mark(ratio, target):
     return f'{ratio:.3f}' + (' ✓' if ratio <= target else ' ✗')
 
 
+VARIANT_NAMES = {
+    'fork': 'fork single-head (FP32, L1, plain backbone)',
+    'single': 'single-head',
+    'mhc': 'MH-C',
+    'mhc_bf16': 'MH-C, amp bf16',
+    'mhc_cl': 'MH-C, channels_last',
+    'mhc_bf16_cl': 'MH-C, bf16 + channels_last',
+    'mhc_compile': 'MH-C, compile',
+}
+
+
 def markdown(rows, meta):
-    """Markdown table of the summarized rows."""
+    """Markdown tables of the summarized rows: MH-C over single-head, then every variant beside the fork."""
     mem_name = 'CUDA max_memory_allocated' if meta['device'] == 'cuda' else 'RSS high-water mark above imports'
     lines = [
         f"Device: {meta['device_name']}; torch {meta['torch']}; {meta['repeats']} interleaved repeats of "
-        f"{meta['steps']} steps (medians); memory: {mem_name}, {meta['memory_repeats']} fresh processes per variant "
-        f"(median). MH-C = K {NUM_HEADS}, combine (K' = 10). Targets: step <= {TARGETS['step']}, memory <= "
-        f"{TARGETS['memory']} (training), validation with 10 heads <= {TARGETS['val']} x one head.",
+        f"{meta['steps']} steps (medians; spread: min-max of the per-repeat ratio); memory: {mem_name}, "
+        f"{meta['memory_repeats']} fresh processes per variant (median). MH-C = K {NUM_HEADS}, combine (K' = 10). "
+        f"Targets: step <= {TARGETS['step']}, memory <= {TARGETS['memory']} (training), validation with 10 heads <= "
+        f"{TARGETS['val']} x one head.",
         '',
-        '| config | train batch x size | step single (s) | step MH-C (s) | step ratio | memory single (MiB) '
+        '| config | train batch x size | step single (s) | step MH-C (s) | step ratio | spread | memory single (MiB) '
         '| memory MH-C (MiB) | memory ratio | val size | val 1 head (s) | val 10 heads (s) | val ratio |',
-        '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |',
+        '| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |',
     ]
     for r in rows:
+        spread = r.get('step_ratio_spread') or [float('nan')] * 2
         lines.append(
             f"| {r['config']} | {r['train_batch']} x {r['train_size']}² | {r['step_s']['single']:.3f} | "
-            f"{r['step_s']['mhc']:.3f} | {_mark(r['step_ratio'], TARGETS['step'])} | {r['memory_mb']['single']:.0f} | "
-            f"{r['memory_mb']['mhc']:.0f} | {_mark(r['memory_ratio'], TARGETS['memory'])} | "
-            f"{r['val_size'][0]}x{r['val_size'][1]} | {r['val_s']['single']:.3f} | {r['val_s']['mhc']:.3f} | "
-            f"{_mark(r['val_ratio'], TARGETS['val'])} |")
+            f"{r['step_s']['mhc']:.3f} | {_mark(r['step_ratio'], TARGETS['step'])} | {spread[0]:.3f}-{spread[1]:.3f} | "
+            f"{r['memory_mb']['single']:.0f} | {r['memory_mb']['mhc']:.0f} | "
+            f"{_mark(r['memory_ratio'], TARGETS['memory'])} | {r['val_size'][0]}x{r['val_size'][1]} | "
+            f"{r['val_s']['single']:.3f} | {r['val_s']['mhc']:.3f} | {_mark(r['val_ratio'], TARGETS['val'])} |")
     if meta['device'] == 'cpu':
         lines += [
             '', 'Whole-process RSS peak ratio (MH-C / single, imports included): ' +
             ', '.join(f"{r['config']} {r['process_peak_rss_ratio']:.3f}" for r in rows) + '.'
         ]
+    with_fork = [r for r in rows if 'rate_vs_fork' in r]
+    if with_fork:
+        lines += [
+            '', 'Beside the fork (absolute step times of one interleaved run; step rate = fork step / variant step, '
+            'above 1 is faster than the fork; memory / fork, below 1 is less):', '',
+            '| config | variant | step (s) | step rate vs fork | memory (MiB) | memory / fork |',
+            '| --- | --- | ---: | ---: | ---: | ---: |'
+        ]
+        for r in with_fork:
+            for v, t in r['step_s'].items():
+                mem = r['memory_mb'].get(v)
+                mem_ratio = r['memory_vs_fork'].get(v)
+                lines.append(f"| {r['config']} | {VARIANT_NAMES[v]} | {t:.3f} | {r['rate_vs_fork'][v]:.2f}x | "
+                             f"{'' if mem is None else f'{mem:.0f}'} | "
+                             f"{'' if mem_ratio is None else f'{mem_ratio:.2f}'} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -368,6 +460,10 @@ def parse_args(argv=None):
         help='CPU threads (default: the idle cores, see '
         'basicsr_mh.demo.auto_threads; OpenMP threads waiting on busy cores distort timings)')
     parser.add_argument('--only', default=None, help='comma-separated configurations (default: all)')
+    parser.add_argument(
+        '--variants',
+        default=','.join(VARIANTS),
+        help=f'comma-separated variants to time (single and mhc always; default: all of {", ".join(VARIANTS)})')
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'))
     parser.add_argument('--memory-child', nargs=2, metavar=('CONFIG', 'VARIANT'), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -392,14 +488,19 @@ def main(argv=None):
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('--device cuda: no CUDA device is available.')
     names = [n for n in CONFIGS if n != 'nafnet32-ref' or args.reference]
+    unknown = sorted(set(args.variants.split(',')) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f'--variants: unknown {", ".join(unknown)}; known: {", ".join(VARIANTS)}.')
+    variants = [v for v in VARIANTS if v in BASE_VARIANTS or v in args.variants.split(',')]
     if args.only:
         names = [n for n in args.only.split(',') if n in names]
     rows = []
     start = time.time()
     for name in names:
         t0 = time.time()
-        memory = measure_memory(name, args.device, args.steps, args.memory_repeats, args.reference)
-        times = measure_time(name, args.device, args.repeats, args.steps, args.reference)
+        memory = measure_memory(name, args.device, args.steps, args.memory_repeats, args.reference,
+                                [v for v in MEMORY_VARIANTS if v in variants])
+        times = measure_time(name, args.device, args.repeats, args.steps, args.reference, variants)
         rows.append(summarize(name, args.device, times, memory))
         r = rows[-1]
         print(
@@ -416,6 +517,7 @@ def main(argv=None):
         'steps': args.steps,
         'memory_repeats': args.memory_repeats,
         'reference': bool(args.reference),
+        'variants': variants,
         'seconds': time.time() - start,
         'targets': TARGETS,
     }

@@ -25,6 +25,7 @@ from ..heads import (START_NAMES, check_head_init, check_head_options, check_sco
                      registered)
 from .head_init import NoIdentityStart, start_at_identity
 from .multihead_layers import MultiHeadConv2d, MultiHeadInputConv2d, ScoreBranch, crop_to, outputs_as_list
+from .pair_means import pair_means
 from .tail_probe import find_in_channels, find_layout, make_probe
 
 __all__ = ['MultiHeadArch', 'head_layout', 'identity_backbone']
@@ -225,7 +226,7 @@ class MultiHeadArch(nn.Module):
         """(B, K, C, h, w) -> (B, K', C, h, w): extended heads in pair order (identity without combine)."""
         if not self.combine:
             return heads
-        return (heads.index_select(1, self.pair_i) + heads.index_select(1, self.pair_j)) * 0.5
+        return pair_means(heads, self.pair_i, self.pair_j)
 
     def forward(self, x, return_scores=False):
         """(B, C_in, H, W) -> (B, K', C_out, H', W'), or a list of them for multi-stage backbones.

@@ -4,6 +4,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import LOSS_REGISTRY
 from copy import deepcopy
 from torch import nn
+from typing import NamedTuple, Optional
 
 from ..heads import registered
 
@@ -87,6 +88,25 @@ def assignment_weights(losses, assignment='hard', epsilon=0.05, temperature=0.0)
         raise ValueError(f'assignment {assignment!r} is not one of {ASSIGNMENTS}.')
 
 
+class MinHeadResult(NamedTuple):
+    """What :meth:`MinHeadLoss.assign` gives the training step.
+
+    Attributes:
+        loss (Tensor): the scalar loss (``loss_weight`` applied), with gradient.
+        winners (Tensor | None): (B,) each sample's extended head with the smallest loss; None for a 4-D ``pred``.
+        losses (Tensor | None): (B, K') the per-head losses, without gradient; None for a 4-D ``pred``.
+    """
+    loss: torch.Tensor
+    winners: Optional[torch.Tensor] = None
+    losses: Optional[torch.Tensor] = None
+
+
+#: Elements of ``pred`` per batched :meth:`MinHeadLoss.per_sample` call of the no-grad per-head losses (16 M floats,
+#: 64 MB): large enough for few kernel launches on a GPU, small enough that the CPU's temporaries stay in cache-sized
+#: pieces instead of K' full images.
+HEAD_CHUNK_ELEMENTS = 1 << 24
+
+
 @LOSS_REGISTRY.register()
 class MinHeadLoss(nn.Module):
     """Each sample back-propagates only through the head with the smallest loss (the paper's Eq. 4-5), or, with
@@ -115,8 +135,8 @@ class MinHeadLoss(nn.Module):
             ``train.total_iter`` unless the option file sets it.
 
     Forward: ``pred`` (B, K', C, H, W), ``target`` (B, C, H, W) and ``current_iter`` (int, for ``annealed``) ->
-    scalar. A 4-D ``pred`` (a plain single-head output) is passed to the inner loss unchanged. After a forward,
-    ``last_winners`` (B,) holds each sample's head and ``last_losses`` (B, K') the per-head losses.
+    scalar. A 4-D ``pred`` (a plain single-head output) is passed to the inner loss unchanged. :meth:`assign` gives
+    the same loss with each sample's winner and the per-head losses (a :class:`MinHeadResult`).
     """
 
     def __init__(self,
@@ -143,8 +163,6 @@ class MinHeadLoss(nn.Module):
         if not hasattr(self.inner, 'per_sample') and hasattr(self.inner, 'reduction'):
             self._elementwise = deepcopy(self.inner)
             self._elementwise.reduction = 'none'
-        self.last_winners = None
-        self.last_losses = None
 
     def temperature_at(self, current_iter):
         """The annealing temperature at iteration ``current_iter`` (linear from ``temperature`` to 0; 0 without an
@@ -167,25 +185,45 @@ class MinHeadLoss(nn.Module):
     def per_head_losses(self, pred, target):
         """Inner loss of every sample and head: (B, K', C, H, W), (B, C, H, W) -> (B, K').
 
-        One batched call of :meth:`per_sample` on the B*K' images (fewer kernel launches than a loop over heads);
-        a loss without a per-sample form (computed sample by sample anyway) keeps the loop over heads.
+        An inner loss with a ``per_head`` method (:class:`PSNRLoss`) computes it itself. Otherwise batched calls of
+        :meth:`per_sample` over a few heads at a time (at most :data:`HEAD_CHUNK_ELEMENTS` elements of ``pred`` per
+        call, at least one head): few kernel launches, and neither ``target`` copied K' times nor K'
+        full images of temporaries at once. A loss without a per-sample form (computed sample by sample anyway) goes
+        head by head.
         """
         b, k = pred.shape[:2]
-        if not hasattr(self.inner, 'per_sample') and self._elementwise is None:
-            return torch.stack([self.per_sample(pred[:, i], target) for i in range(k)], dim=1)
-        flat_target = target.unsqueeze(1).expand_as(pred).reshape(b * k, *target.shape[1:])
-        return self.per_sample(pred.reshape(b * k, *pred.shape[2:]), flat_target).view(b, k)
+        if hasattr(self.inner, 'per_head'):  # PSNRLoss: broadcast over the heads, no copies of the target
+            return self.inner.per_head(pred, target)
+        batched = hasattr(self.inner, 'per_sample') or self._elementwise is not None
+        step = max(1, HEAD_CHUNK_ELEMENTS // max(1, pred[:, 0].numel())) if batched else 1
+        columns = []
+        for start in range(0, k, step):
+            n = min(step, k - start)
+            if n == 1:
+                columns.append(self.per_sample(pred[:, start], target).unsqueeze(1))
+                continue
+            chunk = pred[:, start:start + n]
+            flat_target = target.unsqueeze(1).expand_as(chunk).reshape(b * n, *target.shape[1:])
+            columns.append(self.per_sample(chunk.reshape(b * n, *pred.shape[2:]), flat_target).view(b, n))
+        return columns[0] if len(columns) == 1 else torch.cat(columns, dim=1)
 
     def weights(self, losses, current_iter=None):
         """(B, K') per-head losses -> (B, K') assignment weights at ``current_iter`` (:func:`assignment_weights`)."""
         return assignment_weights(losses, self.assignment, self.epsilon, self.temperature_at(current_iter))
 
     def forward(self, pred, target, current_iter=None, **kwargs):
-        """(B, K', C, H, W), (B, C, H, W) -> scalar; 4-D ``pred`` -> the inner loss."""
+        """(B, K', C, H, W), (B, C, H, W) -> scalar; 4-D ``pred`` -> the inner loss. See :meth:`assign`."""
+        return self.assign(pred, target, current_iter).loss
+
+    def assign(self, pred, target, current_iter=None):
+        """The loss with what the training step needs: :class:`MinHeadResult` ``(loss, winners (B,), losses (B, K'))``.
+
+        ``pred`` (B, K', C, H, W) and ``target`` (B, C, H, W); a 4-D ``pred`` gives the inner loss with no winners.
+        With the hard assignment the per-head losses are computed without gradient and only the winners' images are
+        passed to the inner loss again (with gradient), so the other heads get exactly zero gradient.
+        """
         if pred.dim() == 4:
-            self.last_winners = None
-            self.last_losses = None
-            return self.loss_weight * self.inner(pred, target)
+            return MinHeadResult(self.loss_weight * self.inner(pred, target))
         if pred.dim() != 5 or pred.shape[0] != target.shape[0] or pred.shape[2:] != target.shape[1:]:
             raise ValueError(f'MinHeadLoss: pred must be (B, K, C, H, W) matching target (B, C, H, W); got '
                              f'{tuple(pred.shape)} and {tuple(target.shape)}.')
@@ -203,10 +241,8 @@ class MinHeadLoss(nn.Module):
                 winners = losses.argmin(dim=1)
             chosen = pred[torch.arange(pred.shape[0], device=pred.device), winners]
             values = self.per_sample(chosen, target)
-        self.last_winners = winners
-        self.last_losses = losses
         total = values.mean() if self.batch_reduction == 'mean' else values.sum()
-        return self.loss_weight * total
+        return MinHeadResult(self.loss_weight * total, winners, losses)
 
 
 def log_loss_upgrade(loss_type, loss):

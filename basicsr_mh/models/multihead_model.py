@@ -10,12 +10,13 @@ from collections import OrderedDict
 from copy import deepcopy
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
+from ..acceleration import Acceleration
 from ..archs.multihead_arch import MultiHeadArch
 from ..archs.multihead_layers import image_scores
 from ..heads import MULTIHEAD_META_KEY, strip_module_prefix
 from ..inference import GridTiling, InferenceRunner
-from ..losses.min_head_loss import ASSIGNMENT_KEYS, MinHeadLoss, log_loss_upgrade
-from ..options import check_score_weight
+from ..losses.min_head_loss import ASSIGNMENT_KEYS, MinHeadLoss, MinHeadResult, log_loss_upgrade
+from ..options import acceleration_section, check_score_weight
 from .checkpoint import (atomic_torch_save, check_finite_state, checkpoint_trust, get_rng_state, network_state,
                          read_checkpoint)
 from .lr_scheduler import build_scheduler
@@ -61,7 +62,16 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
         self.final_index = -1
         #: Steps skipped for a non-finite loss or gradient (``train.skip_nonfinite: true``).
         self.skipped_steps = 0
+        #: ``train.amp``/``channels_last``/``compile`` (``val.*`` for a test run), see :mod:`basicsr_mh.acceleration`.
+        section = acceleration_section(opt)
+        device = 'cuda' if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available() else 'cpu'
+        self.acceleration = Acceleration.from_options(opt.get(section), device, section)
+        self._compiled = {}
+        self.grad_scaler = None
         super().__init__(opt)
+        if self.acceleration.enabled:
+            get_root_logger().info(f'basicsr-mh: {self.acceleration.describe()} ({section}.amp, '
+                                   f'{section}.channels_last, {section}.compile).')
         bare = self.get_bare_model(self.net_g)
         self.num_heads = getattr(bare, 'num_heads', 1)
         self.combine = getattr(bare, 'combine', False)
@@ -85,8 +95,9 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
 
     # ------------------------------------------------------------------ setup
     def model_to_device(self, net):
-        """Move to the device; DDP on CUDA or (gloo) CPU, DataParallel for several GPUs without DDP."""
-        net = net.to(self.device)
+        """Move to the device (channels_last with ``train.channels_last``); DDP on CUDA or (gloo) CPU, DataParallel
+        for several GPUs without DDP."""
+        net = self.acceleration.prepare_network(net.to(self.device))
         if self.opt['dist']:
             find_unused = self.opt.get('find_unused_parameters', False)
             device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
@@ -119,7 +130,8 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
         if self.ema_decay > 0:
             logger.info(f'Use Exponential Moving Average with decay: {self.ema_decay}')
             # a copy of net_g, not a second build (a build runs the backbone to measure the heads' start)
-            self.net_g_ema = deepcopy(self.get_bare_model(self.net_g)).to(self.device)
+            self.net_g_ema = self.acceleration.prepare_network(
+                deepcopy(self.get_bare_model(self.net_g)).to(self.device))
             load_path = self.opt['path'].get('pretrain_network_g', None)
             if load_path is not None:
                 self.load_network(self.net_g_ema, load_path, self.opt['path'].get('strict_load_g', True), 'params_ema')
@@ -155,6 +167,7 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
         if self.mixing is not None:
             logger.info(f'Mixing augmentation: mixup (beta {self.mixing.dist.concentration1.item():g}, identity '
                         f'{"on" if self.mixing.use_identity else "off"}).')
+        self.grad_scaler = self.acceleration.grad_scaler()
         self.setup_optimizers()
         self.setup_schedulers()
 
@@ -226,10 +239,11 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
         self.augment_batch(current_iter)
         self.optimizer_g.zero_grad()
         scores = None
+        # under train.amp only the network runs in low precision: losses, assignment and logs are FP32
         if self.has_scores:
-            outputs, scores = self.net_g(self.lq, return_scores=True)
+            outputs, scores = self.acceleration.run(self.net_g, self.lq, self._compiled, return_scores=True)
         else:
-            outputs = self.net_g(self.lq)
+            outputs = self.acceleration.run(self.net_g, self.lq, self._compiled)
         stages = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         l_total = 0
         loss_dict = OrderedDict()
@@ -237,12 +251,15 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
         stage_losses = []
         if self.cri_pix:
             l_pix = 0.
-            loss_args = {'current_iter': current_iter} if isinstance(self.cri_pix, MinHeadLoss) else {}
             for index, stage in enumerate(stages):
-                l_pix = l_pix + self.cri_pix(stage, self.gt, **loss_args)
-                stage_losses.append(getattr(self.cri_pix, 'last_losses', None))
+                if isinstance(self.cri_pix, MinHeadLoss):
+                    result = self.cri_pix.assign(stage, self.gt, current_iter)
+                else:
+                    result = MinHeadResult(self.cri_pix(stage, self.gt))
+                l_pix = l_pix + result.loss
+                stage_losses.append(result.losses)
                 if index == self.final_index % len(stages):
-                    final_winners = getattr(self.cri_pix, 'last_winners', None)
+                    final_winners = result.winners
             l_total = l_total + l_pix
             loss_dict['l_pix'] = l_pix
         if scores is not None and final_winners is not None:
@@ -263,9 +280,13 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
         if not self._finite_on_all_ranks(l_total):
             detail = self._nonfinite_loss_detail(stages, stage_losses, loss_dict)
             return self._nonfinite_step(current_iter, 'loss', detail)
-        l_total.backward()
+        if self.grad_scaler is not None:  # fp16: a non-finite gradient is the scaler's business (skip, lower scale)
+            self.grad_scaler.scale(l_total).backward()
+            self.grad_scaler.unscale_(self.optimizer_g)
+        else:
+            l_total.backward()
         grads = [p.grad for p in self.net_g.parameters() if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        if self.grad_scaler is None and grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             names = [
                 n for n, p in self.get_bare_model(self.net_g).named_parameters()
                 if p.grad is not None and not bool(torch.isfinite(p.grad).all())
@@ -276,7 +297,11 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
             self.watch_dead_heads(final_winners, current_iter)
         if self.use_grad_clip:
             torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), 0.01)
-        self.optimizer_g.step()
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer_g)
+            self.grad_scaler.update()
+        else:
+            self.optimizer_g.step()
         self.log_dict = self.reduce_loss_dict(loss_dict)
         if self.skipped_steps:
             self.log_dict['skipped_steps'] = float(self.skipped_steps)
@@ -385,9 +410,15 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
         val_opt = self.opt.get('val') or {}
         tiling = GridTiling(val_opt, (self.opt.get('datasets') or {}).get('train'), self.scale) if val_opt.get(
             'grids', False) else None
-        heads = InferenceRunner(
-            net, val_opt.get('window_size'), tiling=tiling, max_minibatch=val_opt.get('max_minibatch'))(
-                lq)
+        runner = InferenceRunner(
+            net,
+            val_opt.get('window_size'),
+            tiling=tiling,
+            max_minibatch=val_opt.get('max_minibatch'),
+            acceleration=self.acceleration,
+            compiled=self._compiled,
+            where=f'{acceleration_section(self.opt)}.compile')
+        heads = runner(lq)
         return heads if isinstance(self.get_bare_model(net), MultiHeadArch) else heads[:, 0]
 
     def heads_output(self):
@@ -427,8 +458,9 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
         keys = param_key if isinstance(param_key, list) else [param_key]
         save_dict = {}
         for net_, key in zip(nets, keys):
-            state = self.get_bare_model(net_).state_dict()
-            save_dict[key] = OrderedDict((k, v.detach().cpu()) for k, v in strip_module_prefix(state).items())
+            state = self.get_bare_model(net_).state_dict()  # the module, never its compiled form: same keys
+            save_dict[key] = OrderedDict(
+                (k, v.detach().cpu().contiguous()) for k, v in strip_module_prefix(state).items())
             check_finite_state(save_dict[key], f'{save_path} ({key})')
         if self.opt['rank'] != 0:
             return
@@ -467,6 +499,8 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
             'skipped_steps': int(self.skipped_steps),
             'rng': rng,
         }
+        if self.grad_scaler is not None:
+            state['grad_scaler'] = self.grad_scaler.state_dict()
         state.update(extras or {})
         if hasattr(self, 'best_metric_results'):
             state['best_metric_results'] = {
@@ -490,3 +524,5 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
         if 'best_metric_results' in resume_state:
             self.best_metric_results = resume_state['best_metric_results']
         self.skipped_steps = int(resume_state.get('skipped_steps', 0))
+        if self.grad_scaler is not None and 'grad_scaler' in resume_state:
+            self.grad_scaler.load_state_dict(resume_state['grad_scaler'])

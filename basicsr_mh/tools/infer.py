@@ -17,6 +17,7 @@ import os
 import torch
 from tqdm import tqdm
 
+from basicsr_mh.acceleration import Acceleration
 from basicsr_mh.archs.tail_probe import find_in_channels
 from basicsr_mh.inference import InferenceRunner
 from basicsr_mh_cli.parsers import infer_parser
@@ -140,6 +141,9 @@ def _run(args):
     if args.select and args.heads:
         raise ToolError('--heads and --select exclude each other: --select picks one head per image.')
     check_output(args.input, args.output)
+    device = pick_device(args.device)
+    if args.amp == 'fp16' and torch.device(device).type != 'cuda':
+        raise ToolError(f'--amp fp16 needs a CUDA device; --device is {device}. Fix: --amp bf16, or leave --amp out.')
     files = list_inputs(args.input)
     if not files:
         raise ToolError(f'--input "{args.input}" holds no files.')
@@ -158,8 +162,8 @@ def _run(args):
     if with_scores and not getattr(net, 'head_scores', False):
         raise ToolError(f'--select {args.select} needs a model trained with network_g.head_scores: true (this one has '
                         'no score branch). Fix: --select consensus, mean or sharpness.')
-    runner = InferenceRunner.for_images(net, pick_device(args.device), args.tile, args.tile_overlap, window,
-                                        with_scores)
+    acceleration = Acceleration.from_options({'amp': args.amp, 'channels_last': args.channels_last}, device, 'infer')
+    runner = InferenceRunner.for_images(net, device, args.tile, args.tile_overlap, window, with_scores, acceleration)
     stems = output_stems(files)
     for name in output_names(stems, heads_spec, indices, args.select):  # every name checked before any work
         output_file(args.output, name)

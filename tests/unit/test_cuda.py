@@ -64,10 +64,11 @@ def test_forward_and_gradients_match_cpu(net_opt, monkeypatch):
         assert a.shape == b.shape and a.dim() == 5
         torch.testing.assert_close(b.cpu(), a, atol=2e-4, rtol=1e-3)
     loss = MinHeadLoss({'type': 'PSNRLoss'})
-    loss(outs_cpu[-1], y).backward()
-    winners_cpu = loss.last_winners.clone()
-    loss(outs_gpu[-1], y.cuda()).backward()
-    assert torch.equal(loss.last_winners.cpu(), winners_cpu)
+    result_cpu = loss.assign(outs_cpu[-1], y)
+    result_cpu.loss.backward()
+    result_gpu = loss.assign(outs_gpu[-1], y.cuda())
+    result_gpu.loss.backward()
+    assert torch.equal(result_gpu.winners.cpu(), result_cpu.winners)
     for (name, p_cpu), (_, p_gpu) in zip(net_cpu.named_parameters(), net_gpu.named_parameters()):
         if p_cpu.grad is None:
             assert p_gpu.grad is None or not p_gpu.grad.any(), name
@@ -81,8 +82,9 @@ def test_only_the_winning_head_gets_gradient_on_cuda():
     net = _build(dict(NAFNET_MHC, combine=False)).cuda()
     x, y = _pair(2, (1, 3, 32, 32))
     loss = MinHeadLoss({'type': 'L1Loss'})
-    loss(net(x.cuda()), y.cuda()).backward()
-    winner = int(loss.last_winners[0])
+    result = loss.assign(net(x.cuda()), y.cuda())
+    result.loss.backward()
+    winner = int(result.winners[0])
     grad = net.backbone.ending.weight.grad.view(4, 3, *net.backbone.ending.weight.shape[1:])
     for k in range(4):
         assert bool(grad[k].abs().sum() > 0) == (k == winner), k

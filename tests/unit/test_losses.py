@@ -82,10 +82,11 @@ def test_psnr_loss_rejects_other_reductions():
 def test_min_head_psnr_equals_reference_multihead_psnr(to_y):
     pred, target = _data(b=4, k=5, seed=2)
     loss = MinHeadLoss(loss={'type': 'PSNRLoss', 'loss_weight': 0.7, 'toY': to_y})
-    value = loss(pred, target)
+    value, _, losses = loss.assign(pred, target)
     expected = _reference_multihead_psnr(pred, target, loss_weight=0.7, to_y=to_y)
     assert abs(float(value) - float(expected)) < 1e-6 * max(1.0, abs(float(expected)))
-    assert loss.last_losses.shape == (4, 5)
+    assert losses.shape == (4, 5)
+    assert torch.equal(loss(pred, target), value)
 
 
 @pytest.mark.parametrize('inner', ['L1Loss', 'MSELoss', 'CharbonnierLoss'])
@@ -96,14 +97,14 @@ def test_min_head_over_basicsr_losses(inner, reduction):
     single = LOSS_REGISTRY.get(inner)(loss_weight=2.0, reduction=reduction)
     table = torch.tensor([[float(single(pred[b:b + 1, k], target[b:b + 1])) for k in range(3)] for b in range(4)])
     loss = MinHeadLoss(loss=opt, loss_weight=0.5)
-    value = loss(pred, target)
+    value, winners, losses = loss.assign(pred, target)
     per_sample_min = table.min(dim=1).values
     expected = 0.5 * (per_sample_min.mean() if reduction == 'mean' else per_sample_min.sum())
     assert abs(float(value) - float(expected)) < 1e-5 * max(1.0, abs(float(expected)))
-    assert loss.last_losses.shape == (4, 3)
-    torch.testing.assert_close(loss.last_losses.float(), table, rtol=1e-5, atol=1e-6)
-    assert loss.last_winners.tolist() == table.argmin(dim=1).tolist()
-    assert len(set(loss.last_winners.tolist())) > 1  # the data make different heads win
+    assert losses.shape == (4, 3)
+    torch.testing.assert_close(losses.float(), table, rtol=1e-5, atol=1e-6)
+    assert winners.tolist() == table.argmin(dim=1).tolist()
+    assert len(set(winners.tolist())) > 1  # the data make different heads win
 
 
 @pytest.mark.parametrize('inner', ['PSNRLoss', 'L1Loss', 'MSELoss', 'CharbonnierLoss'])
@@ -111,8 +112,9 @@ def test_gradient_reaches_only_the_winning_head(inner):
     pred, target = _data(b=4, k=4, seed=4)
     pred = pred.detach().requires_grad_(True)
     loss = MinHeadLoss(loss={'type': inner})
-    loss(pred, target).backward()
-    winners = loss.last_winners.tolist()
+    result = loss.assign(pred, target)
+    result.loss.backward()
+    winners = result.winners.tolist()
     assert len(set(winners)) > 1
     for b in range(4):
         for k in range(4):
@@ -132,8 +134,9 @@ def test_four_dimensional_pred_passes_through():
     pred = pred[:, 0]
     loss = MinHeadLoss(loss={'type': 'L1Loss', 'loss_weight': 3.0}, loss_weight=0.5)
     expected = 0.5 * LOSS_REGISTRY.get('L1Loss')(loss_weight=3.0)(pred, target)
-    assert torch.allclose(loss(pred, target), expected, rtol=0, atol=1e-7)
-    assert loss.last_winners is None and loss.last_losses is None
+    result = loss.assign(pred, target)
+    assert torch.allclose(result.loss, expected, rtol=0, atol=1e-7)
+    assert result.winners is None and result.losses is None
 
 
 def test_wrong_shapes_raise():
@@ -169,3 +172,20 @@ def test_built_through_basicsr_build_loss():
     pred, target = _data(b=3, k=2, seed=6)
     expected = torch.stack([(pred[:, k] - target).abs().mean(dim=(1, 2, 3)) for k in range(2)], 1).min(1).values.mean()
     assert abs(float(loss(pred, target)) - float(expected)) < 1e-6
+
+
+@pytest.mark.parametrize('to_y', [False, True], ids=['rgb', 'y'])
+def test_psnr_per_head_equals_per_sample_of_each_head(to_y):
+    """MinHeadLoss's broadcast per-head PSNR losses are bit-identical to the per-sample ones on copied targets."""
+    pred, target = _data(b=3, k=5, seed=7)
+    loss = PSNRLoss(loss_weight=0.7, toY=to_y)
+    expected = loss.per_sample(
+        pred.reshape(15, *pred.shape[2:]),
+        target.unsqueeze(1).expand_as(pred).reshape(15, *target.shape[1:])).view(3, 5)
+    assert torch.equal(loss.per_head(pred, target), expected)
+    assert torch.equal(
+        MinHeadLoss(loss={
+            'type': 'PSNRLoss',
+            'loss_weight': 0.7,
+            'toY': to_y
+        }).per_head_losses(pred, target), expected)
