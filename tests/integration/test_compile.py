@@ -11,7 +11,7 @@ from basicsr_mh.tools.common import build_net
 def test_real_compile_on_this_machine_equals_eager():
     torch.manual_seed(0)
     net, _ = build_net({'network_g': dict(NAFNET, num_heads=2, combine=True)})
-    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 1, 3, 32, 32)  # y broadcast over the K' = 3 heads
     forward = CompiledForward(net, 'default')
     out = forward(x)
     if forward.failed:  # no C compiler here: the fallback ran, as tested above
