@@ -135,8 +135,10 @@ class Acceleration:
 
     def describe(self):
         """One line for the log."""
-        parts = [f'amp {self.amp or "off (FP32)"}', f'channels_last {"on" if self.channels_last else "off"}',
-                 f'compile {self.compile or "off"}']
+        parts = [
+            f'amp {self.amp or "off (FP32)"}', f'channels_last {"on" if self.channels_last else "off"}',
+            f'compile {self.compile or "off"}'
+        ]
         return ', '.join(parts)
 
     def autocast(self):

@@ -152,8 +152,12 @@ def build(name, variant, device, reference=None):
     """(network, loss, :class:`Acceleration`) of ``variant`` (:data:`VARIANTS`) for configuration ``name``."""
     accel = Acceleration(device_type=device)
     if variant in OPTION_VARIANTS:
-        accel = Acceleration(device_type=device, **{k: ('default' if k == 'compile' else v)
-                                                    for k, v in OPTION_VARIANTS[variant].items()})
+        accel = Acceleration(
+            device_type=device,
+            **{
+                k: ('default' if k == 'compile' else v)
+                for k, v in OPTION_VARIANTS[variant].items()
+            })
     if variant == 'fork':
         return build_fork(name, device, reference) + (accel, )
     if variant.startswith('mhc'):
@@ -204,6 +208,7 @@ def train_step(net, loss, optim, x, y, accel=None, cache=None):
     out = accel.run(net, x, cache if cache is not None else {}) if accel is not None else net(x)
     stages = out if isinstance(out, (list, tuple)) else [out]
     total = sum(loss(stage, y) for stage in stages)
+    del out, stages  # as the model's optimize_parameters: the outputs are not kept through the backward pass
     total.backward()
     optim.step()
 
@@ -353,11 +358,12 @@ def summarize(name, device, times, memory):
         'train_batch': cfg['batch'],
         'train_size': cfg['size'],
         'val_size': list(cfg['val']),
-        'network': 'reference NAFNet / MHNAFNet' if CONFIGS[name]['net'] == 'reference' else
-        network_options(name, device),
+        'network':
+        'reference NAFNet / MHNAFNet' if CONFIGS[name]['net'] == 'reference' else network_options(name, device),
         'step_s': step,
         'step_ratio': _ratio(step.get('mhc'), step.get('single')),
-        'step_ratio_spread': _spread(times.get('mhc', {}).get('step', []), times.get('single', {}).get('step', [])),
+        'step_ratio_spread': _spread(times.get('mhc', {}).get('step', []),
+                                     times.get('single', {}).get('step', [])),
         'val_s': val,
         'val_ratio': _ratio(val.get('mhc'), val.get('single')),
         'memory_kind': mem_key,

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 from basicsr.models import build_model
-from conftest import srmodel_options, write_options
+from conftest import in_process_training, srmodel_options, write_options
 
 import basicsr_mh_cli as cli
 from basicsr_mh import acceleration as accel_module
@@ -29,10 +29,18 @@ CUDA = torch.cuda.is_available()
 # options
 # --------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize('section, match', [
-    ({'amp': 'fp32x'}, r'train\.amp must be false, bf16 or fp16, got \'fp32x\'\. Fix: `amp: bf16`'),
-    ({'amp': 'fp16'}, r'train\.amp: fp16 needs a CUDA device.*Fix: `amp: bf16`'),
-    ({'channels_last': 'yes'}, r'train\.channels_last must be true or false'),
-    ({'compile': 'fastest'}, r'train\.compile must be true, false or a torch\.compile mode \(default, reduce-overhead'),
+    ({
+        'amp': 'fp32x'
+    }, r'train\.amp must be false, bf16 or fp16, got \'fp32x\'\. Fix: `amp: bf16`'),
+    ({
+        'amp': 'fp16'
+    }, r'train\.amp: fp16 needs a CUDA device.*Fix: `amp: bf16`'),
+    ({
+        'channels_last': 'yes'
+    }, r'train\.channels_last must be true or false'),
+    ({
+        'compile': 'fastest'
+    }, r'train\.compile must be true, false or a torch\.compile mode \(default, reduce-overhead'),
 ])
 def test_bad_values_name_the_key_and_the_fix(section, match):
     with pytest.raises(ValueError, match=match):
@@ -42,10 +50,15 @@ def test_bad_values_name_the_key_and_the_fix(section, match):
 def test_good_values():
     assert check_acceleration_options({}, cuda=False) == (None, False, None)
     assert check_acceleration_options({'amp': False, 'compile': False}, cuda=False) == (None, False, None)
-    assert check_acceleration_options({'amp': 'bf16', 'channels_last': True, 'compile': True},
-                                      cuda=False) == ('bf16', True, 'default')
-    assert check_acceleration_options({'amp': 'fp16', 'compile': 'max-autotune'}, cuda=True) == ('fp16', False,
-                                                                                                 'max-autotune')
+    assert check_acceleration_options({
+        'amp': 'bf16',
+        'channels_last': True,
+        'compile': True
+    }, cuda=False) == ('bf16', True, 'default')
+    assert check_acceleration_options({
+        'amp': 'fp16',
+        'compile': 'max-autotune'
+    }, cuda=True) == ('fp16', False, 'max-autotune')
 
 
 def test_bad_value_fails_in_the_option_upgrade_before_any_work(pair_data):
@@ -86,25 +99,21 @@ def test_to_float32_casts_tensors_lists_and_pairs():
 # --------------------------------------------------------------------------------------------------------------------
 # the model
 # --------------------------------------------------------------------------------------------------------------------
-def _model(pair_data, tmp_path, num_heads=4, **train):
+def _model(pair_data, tmp_path, num_heads=4, num_gpu=0, **train):
     opt = srmodel_options(pair_data, 'accel', num_heads=num_heads, total_iter=4, val_freq=10**6)
     opt['model_type'] = 'MultiHeadImageRestorationModel'  # also for the plain FP32 references
+    opt['num_gpu'] = num_gpu
     opt['train'].update(train)
-    opt.update(is_train=True, dist=False, rank=0, world_size=1, root_path=str(tmp_path))
-    opt['path'].update(
-        experiments_root=str(tmp_path),
-        models=str(tmp_path),
-        training_states=str(tmp_path),
-        log=str(tmp_path),
-        visualization=str(tmp_path))
-    upgrade_options(opt)
+    upgrade_options(in_process_training(opt, tmp_path))
     return build_model(opt)
 
 
 def _batches(n=3, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return [{'lq': torch.rand(2, 3, 32, 32, generator=gen), 'gt': torch.rand(2, 3, 32, 32, generator=gen)}
-            for _ in range(n)]
+    return [{
+        'lq': torch.rand(2, 3, 32, 32, generator=gen),
+        'gt': torch.rand(2, 3, 32, 32, generator=gen)
+    } for _ in range(n)]
 
 
 @pytest.mark.parametrize('num_heads', [4, None], ids=['MH-C', 'single-head'])
@@ -286,8 +295,11 @@ def test_infer_amp_and_channels_last_flags(tmp_path, capsys):
     for n in outputs['fp32']:  # bfloat16 moves a pixel by at most a few levels of 255
         assert np.abs(outputs['fp32'][n] - outputs['fast'][n]).max() <= 3, n
     capsys.readouterr()
-    code = cli.main(['infer', '--opt', opt, '--input', str(inp), '--output', str(tmp_path / 'x'), '--amp', 'fp16',
-                     '--device', 'cpu'])
+    code = cli.main([
+        'infer', '--opt', opt, '--input',
+        str(inp), '--output',
+        str(tmp_path / 'x'), '--amp', 'fp16', '--device', 'cpu'
+    ])
     assert code != 0 and '--amp fp16 needs a CUDA device' in capsys.readouterr().err
 
 
@@ -297,18 +309,7 @@ def test_infer_amp_and_channels_last_flags(tmp_path, capsys):
 @pytest.mark.skipif(not CUDA, reason='fp16 autocast with a gradient scaler needs CUDA (none here)')
 def test_fp16_training_on_cuda_with_the_scaler(pair_data, tmp_path):
     torch.manual_seed(0)
-    opt = srmodel_options(pair_data, 'fp16', total_iter=4, val_freq=10**6)
-    opt['num_gpu'] = 1
-    opt['train'].update(amp='fp16', channels_last=True)
-    opt.update(is_train=True, dist=False, rank=0, world_size=1, root_path=str(tmp_path))
-    opt['path'].update(
-        experiments_root=str(tmp_path),
-        models=str(tmp_path),
-        training_states=str(tmp_path),
-        log=str(tmp_path),
-        visualization=str(tmp_path))
-    upgrade_options(opt)
-    model = build_model(opt)
+    model = _model(pair_data, tmp_path, num_gpu=1, amp='fp16', channels_last=True)
     assert model.grad_scaler is not None
     for it, batch in enumerate(_batches(), start=1):
         model.feed_data(batch)
@@ -324,18 +325,7 @@ def test_fp16_training_on_cuda_with_the_scaler(pair_data, tmp_path):
 @pytest.mark.skipif(not CUDA, reason='fp16 autocast with a gradient scaler needs CUDA (none here)')
 def test_fp16_overflowing_gradient_is_skipped_by_the_scaler_not_an_error(pair_data, tmp_path):
     torch.manual_seed(0)
-    opt = srmodel_options(pair_data, 'fp16inf', total_iter=4, val_freq=10**6)
-    opt['num_gpu'] = 1
-    opt['train'].update(amp='fp16')
-    opt.update(is_train=True, dist=False, rank=0, world_size=1, root_path=str(tmp_path))
-    opt['path'].update(
-        experiments_root=str(tmp_path),
-        models=str(tmp_path),
-        training_states=str(tmp_path),
-        log=str(tmp_path),
-        visualization=str(tmp_path))
-    upgrade_options(opt)
-    model = build_model(opt)
+    model = _model(pair_data, tmp_path, num_gpu=1, amp='fp16')
     model.grad_scaler = torch.amp.GradScaler('cuda', init_scale=2.0**40)  # the first steps overflow in fp16
     before = {k: v.clone() for k, v in model.net_g.state_dict().items()}
     model.feed_data(_batches(1)[0])

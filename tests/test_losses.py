@@ -179,8 +179,13 @@ def test_psnr_per_head_equals_per_sample_of_each_head(to_y):
     """MinHeadLoss's broadcast per-head PSNR losses are bit-identical to the per-sample ones on copied targets."""
     pred, target = _data(b=3, k=5, seed=7)
     loss = PSNRLoss(loss_weight=0.7, toY=to_y)
-    expected = loss.per_sample(pred.reshape(15, *pred.shape[2:]),
-                               target.unsqueeze(1).expand_as(pred).reshape(15, *target.shape[1:])).view(3, 5)
+    expected = loss.per_sample(
+        pred.reshape(15, *pred.shape[2:]),
+        target.unsqueeze(1).expand_as(pred).reshape(15, *target.shape[1:])).view(3, 5)
     assert torch.equal(loss.per_head(pred, target), expected)
-    assert torch.equal(MinHeadLoss(loss={'type': 'PSNRLoss', 'loss_weight': 0.7, 'toY': to_y}).per_head_losses(
-        pred, target), expected)
+    assert torch.equal(
+        MinHeadLoss(loss={
+            'type': 'PSNRLoss',
+            'loss_weight': 0.7,
+            'toY': to_y
+        }).per_head_losses(pred, target), expected)
