@@ -208,6 +208,7 @@ def train_step(net, loss, optim, x, y, accel=None, cache=None):
     out = accel.run(net, x, cache if cache is not None else {}) if accel is not None else net(x)
     stages = out if isinstance(out, (list, tuple)) else [out]
     total = sum(loss(stage, y) for stage in stages)
+    del out, stages  # as the model's optimize_parameters: the outputs are not kept through the backward pass
     total.backward()
     optim.step()
 

@@ -246,3 +246,16 @@ def write_options(path, opt):
     with open(path, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)
     return str(path)
+
+
+def in_process_training(opt, tmp_path):
+    """Make an option dict of :func:`srmodel_options` buildable in this process (``build_model``): one rank, no
+    distribution, every path under ``tmp_path``; returns ``opt``."""
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, root_path=str(tmp_path))
+    opt['path'].update(
+        experiments_root=str(tmp_path),
+        models=str(tmp_path),
+        training_states=str(tmp_path),
+        log=str(tmp_path),
+        visualization=str(tmp_path))
+    return opt

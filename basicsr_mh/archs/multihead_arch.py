@@ -226,7 +226,7 @@ class MultiHeadArch(nn.Module):
         """(B, K, C, h, w) -> (B, K', C, h, w): extended heads in pair order (identity without combine)."""
         if not self.combine:
             return heads
-        return pair_means(heads, self.pair_i, self.pair_j)
+        return pair_means(heads, self.head_pairs)
 
     def forward(self, x, return_scores=False):
         """(B, C_in, H, W) -> (B, K', C_out, H', W'), or a list of them for multi-stage backbones.
@@ -246,10 +246,16 @@ class MultiHeadArch(nn.Module):
                     result.append(y)
                     continue
                 heads, mean = self._grown[name].pop_heads()
-                delta = self.combine_heads(heads) - mean.unsqueeze(1)
-                delta = crop_to(delta, y.shape[-2], y.shape[-1])
+                # y + a * (pair means - mean), in place in one fresh (B, K', C, h, w) tensor: the same values with
+                # fewer full-size temporaries (none of these ops saves its output for backward)
+                delta = self.combine_heads(heads)
+                delta = delta.sub_(mean.unsqueeze(1)) if delta is not heads else heads - mean.unsqueeze(1)
+                cropped = crop_to(delta, y.shape[-2], y.shape[-1])
+                delta = cropped if cropped is delta else cropped.contiguous()
                 scale = self.output_scales[index]
-                result.append(y.unsqueeze(1) + (delta if scale == 1.0 else scale * delta))
+                delta = delta if scale == 1.0 else delta.mul_(scale)
+                # under autocast y may be wider than the heads (an FP32 residual): then out of place, promoted
+                result.append(delta.add_(y.unsqueeze(1)) if delta.dtype == y.dtype else y.unsqueeze(1) + delta)
                 if self._grown[name].keep_input:
                     features = self._grown[name].pop_input()
                     if return_scores:

@@ -1,34 +1,36 @@
-"""The extended heads of Eq. 6 as an autograd function whose backward is one small matrix product."""
+"""The extended heads of Eq. 6 as an autograd function: one output tensor, a matrix-product backward."""
 import torch
 
 
 class _PairMeans(torch.autograd.Function):
-    """``(heads[:, i] + heads[:, j]) / 2`` for every pair; backward: ``W^T @ grad`` with the (K', K) pair weights.
+    """``(heads[:, i] + heads[:, j]) * 0.5`` for every pair ``(i, j)``; backward: ``W^T @ grad`` with the (K', K)
+    pair weights ``W``.
 
-    The forward is the index-select form (a non-finite head reaches only its own pairs). Autograd's backward of that
-    form is two ``index_add`` over the head axis of a (B, K, C, H, W) zero tensor, slow on the CPU; a (K', K) matrix
-    product gives the same sums in one pass.
+    The forward writes each pair into one (B, K', C, h, w) tensor (no full-size temporaries; a non-finite head reaches
+    only its own pairs). Autograd's backward of the index-select form would be two ``index_add`` over the head axis
+    of a zero tensor, slow on the CPU; the (K', K) matrix product gives the same sums in one pass.
     """
 
     @staticmethod
-    def forward(ctx, heads, pair_i, pair_j):
-        ctx.save_for_backward(pair_i, pair_j)
+    def forward(ctx, heads, pairs):
+        ctx.pairs = pairs
         ctx.num_heads = heads.shape[1]
-        return (heads.index_select(1, pair_i) + heads.index_select(1, pair_j)) * 0.5
+        out = heads.new_empty(heads.shape[0], len(pairs), *heads.shape[2:])
+        for index, (i, j) in enumerate(pairs):
+            torch.add(heads[:, i], heads[:, j], out=out[:, index])
+        return out.mul_(0.5)
 
     @staticmethod
     def backward(ctx, grad):
-        pair_i, pair_j = ctx.saved_tensors
-        num_pairs, batch = pair_i.numel(), grad.shape[0]
-        weights = torch.zeros(num_pairs, ctx.num_heads, dtype=grad.dtype, device=grad.device)
-        rows = torch.arange(num_pairs, device=grad.device)
-        half = torch.full((num_pairs, ), 0.5, dtype=grad.dtype, device=grad.device)
-        weights.index_put_((rows, pair_i), half, accumulate=True)
-        weights.index_put_((rows, pair_j), half, accumulate=True)
-        heads_grad = torch.matmul(weights.t(), grad.reshape(batch, num_pairs, -1))
-        return heads_grad.view(batch, ctx.num_heads, *grad.shape[2:]), None, None
+        weights = torch.zeros(len(ctx.pairs), ctx.num_heads, dtype=grad.dtype)
+        for index, (i, j) in enumerate(ctx.pairs):
+            weights[index, i] += 0.5
+            weights[index, j] += 0.5
+        batch = grad.shape[0]
+        heads_grad = torch.matmul(weights.to(grad.device).t(), grad.reshape(batch, len(ctx.pairs), -1))
+        return heads_grad.view(batch, ctx.num_heads, *grad.shape[2:]), None
 
 
-def pair_means(heads, pair_i, pair_j):
-    """Extended heads: (B, K, C, h, w) and the pairs' (K',) head indices -> (B, K', C, h, w) pair means."""
-    return _PairMeans.apply(heads, pair_i, pair_j)
+def pair_means(heads, pairs):
+    """Extended heads: (B, K, C, h, w) and the K' pairs ``[(i, j), ...]`` of head indices -> (B, K', C, h, w)."""
+    return _PairMeans.apply(heads, [(int(i), int(j)) for i, j in pairs])

@@ -187,8 +187,8 @@ class MinHeadLoss(nn.Module):
 
         An inner loss with a ``per_head`` method (:class:`PSNRLoss`) computes it itself. Otherwise batched calls of
         :meth:`per_sample` over a few heads at a time (at most :data:`HEAD_CHUNK_ELEMENTS` elements of ``pred`` per
-        call, at least one head): few kernel launches, and neither ``target`` copied K' times nor K'
-        full images of temporaries at once. A loss without a per-sample form (computed sample by sample anyway) goes
+        call, at least one head): few kernel launches, and neither ``target`` copied K' times nor K' full images of
+        temporaries at once on large inputs. A loss without a per-sample form (computed sample by sample anyway) goes
         head by head.
         """
         b, k = pred.shape[:2]

@@ -43,11 +43,8 @@ class PSNRLoss(nn.Module):
 
     def per_head(self, pred, target):
         """(B, K, C, H, W), (B, C, H, W) -> (B, K): :meth:`per_sample` of every head against the sample's target,
-        broadcast (``target`` is not copied K times); the same values as :meth:`per_sample` on each head."""
-        if self.toY:
-            return torch.stack([self.per_sample(pred[:, k], target) for k in range(pred.shape[1])], dim=1)
-        mse = ((pred - target.unsqueeze(1))**2).mean(dim=(2, 3, 4))
-        return self.loss_weight * self.scale * torch.log(mse + 1e-8)
+        head by head (``target`` is not copied K times; temporaries of one head at a time)."""
+        return torch.stack([self.per_sample(pred[:, k], target) for k in range(pred.shape[1])], dim=1)
 
     def forward(self, pred, target, weight=None, **kwargs):
         """(N, C, H, W), (N, C, H, W) -> scalar loss (mean over samples)."""

@@ -266,6 +266,7 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
             l_score = self.score_weight * self.score_loss(scores, final_winners)
             l_total = l_total + l_score
             loss_dict['l_score'] = l_score
+        final = None
         if self.cri_perceptual:
             final = stages[self.final_index]
             if final.dim() == 5:
@@ -280,6 +281,7 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
         if not self._finite_on_all_ranks(l_total):
             detail = self._nonfinite_loss_detail(stages, stage_losses, loss_dict)
             return self._nonfinite_step(current_iter, 'loss', detail)
+        del outputs, stages, final  # the (B, K', C, H, W) outputs are not needed through the backward pass
         if self.grad_scaler is not None:  # fp16: a non-finite gradient is the scaler's business (skip, lower scale)
             self.grad_scaler.scale(l_total).backward()
             self.grad_scaler.unscale_(self.optimizer_g)

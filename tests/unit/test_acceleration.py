@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 from basicsr.models import build_model
-from conftest import srmodel_options, write_options
+from conftest import in_process_training, srmodel_options, write_options
 
 import basicsr_mh_cli as cli
 from basicsr_mh import acceleration as accel_module
@@ -99,18 +99,12 @@ def test_to_float32_casts_tensors_lists_and_pairs():
 # --------------------------------------------------------------------------------------------------------------------
 # the model
 # --------------------------------------------------------------------------------------------------------------------
-def _model(pair_data, tmp_path, num_heads=4, **train):
+def _model(pair_data, tmp_path, num_heads=4, num_gpu=0, **train):
     opt = srmodel_options(pair_data, 'accel', num_heads=num_heads, total_iter=4, val_freq=10**6)
     opt['model_type'] = 'MultiHeadImageRestorationModel'  # also for the plain FP32 references
+    opt['num_gpu'] = num_gpu
     opt['train'].update(train)
-    opt.update(is_train=True, dist=False, rank=0, world_size=1, root_path=str(tmp_path))
-    opt['path'].update(
-        experiments_root=str(tmp_path),
-        models=str(tmp_path),
-        training_states=str(tmp_path),
-        log=str(tmp_path),
-        visualization=str(tmp_path))
-    upgrade_options(opt)
+    upgrade_options(in_process_training(opt, tmp_path))
     return build_model(opt)
 
 
@@ -300,18 +294,7 @@ def test_infer_amp_and_channels_last_flags(tmp_path, capsys):
 @pytest.mark.skipif(not CUDA, reason='fp16 autocast with a gradient scaler needs CUDA (none here)')
 def test_fp16_training_on_cuda_with_the_scaler(pair_data, tmp_path):
     torch.manual_seed(0)
-    opt = srmodel_options(pair_data, 'fp16', total_iter=4, val_freq=10**6)
-    opt['num_gpu'] = 1
-    opt['train'].update(amp='fp16', channels_last=True)
-    opt.update(is_train=True, dist=False, rank=0, world_size=1, root_path=str(tmp_path))
-    opt['path'].update(
-        experiments_root=str(tmp_path),
-        models=str(tmp_path),
-        training_states=str(tmp_path),
-        log=str(tmp_path),
-        visualization=str(tmp_path))
-    upgrade_options(opt)
-    model = build_model(opt)
+    model = _model(pair_data, tmp_path, num_gpu=1, amp='fp16', channels_last=True)
     assert model.grad_scaler is not None
     for it, batch in enumerate(_batches(), start=1):
         model.feed_data(batch)
@@ -327,18 +310,7 @@ def test_fp16_training_on_cuda_with_the_scaler(pair_data, tmp_path):
 @pytest.mark.skipif(not CUDA, reason='fp16 autocast with a gradient scaler needs CUDA (none here)')
 def test_fp16_overflowing_gradient_is_skipped_by_the_scaler_not_an_error(pair_data, tmp_path):
     torch.manual_seed(0)
-    opt = srmodel_options(pair_data, 'fp16inf', total_iter=4, val_freq=10**6)
-    opt['num_gpu'] = 1
-    opt['train'].update(amp='fp16')
-    opt.update(is_train=True, dist=False, rank=0, world_size=1, root_path=str(tmp_path))
-    opt['path'].update(
-        experiments_root=str(tmp_path),
-        models=str(tmp_path),
-        training_states=str(tmp_path),
-        log=str(tmp_path),
-        visualization=str(tmp_path))
-    upgrade_options(opt)
-    model = build_model(opt)
+    model = _model(pair_data, tmp_path, num_gpu=1, amp='fp16')
     model.grad_scaler = torch.amp.GradScaler('cuda', init_scale=2.0**40)  # the first steps overflow in fp16
     before = {k: v.clone() for k, v in model.net_g.state_dict().items()}
     model.feed_data(_batches(1)[0])

@@ -7,7 +7,7 @@ import numpy as np
 import os
 import pytest
 import torch
-from conftest import srmodel_options, write_options
+from conftest import in_process_training, srmodel_options, write_options
 
 import basicsr_mh_cli as cli
 from basicsr_mh.archs.multihead_layers import image_scores
@@ -69,14 +69,7 @@ def _model(pair_data, tmp_path, score_to_backbone=False, total_iter=4):
     opt = srmodel_options(pair_data, 'scores', total_iter=total_iter, val_freq=10**6)
     opt['network_g'].update(head_scores=True, score_to_backbone=score_to_backbone)
     opt['train'].update(ema_decay=0, score_weight=1.0)
-    opt.update(is_train=True, dist=False, rank=0, world_size=1, root_path=str(tmp_path))
-    opt['path'].update(
-        experiments_root=str(tmp_path),
-        models=str(tmp_path),
-        training_states=str(tmp_path),
-        log=str(tmp_path),
-        visualization=str(tmp_path))
-    upgrade_options(opt)
+    upgrade_options(in_process_training(opt, tmp_path))
     return build_model(opt)
 
 
