@@ -28,10 +28,11 @@ For every configuration (NAFNet-width32 at 256x256, and CPU-sized Restormer and 
 ``MultiHeadPSNRLoss`` classes of ``PATH/NAFNet-main/basicsr/models/losses/losses.py`` (only their import lines are
 rewritten; nothing of it is stored here), measured the same way as configuration ``nafnet32-ref``.
 
-Results go to ``benchmarks/results/speed.json`` and ``speed.md``; the Markdown table is printed.
+Results go to ``benchmarks/results/<--name>.json`` and ``.md`` (``speed`` by default; ``_cuda`` added on the GPU);
+the Markdown tables are printed.
 
 Usage: ``python benchmarks/speed.py [--device cpu|cuda] [--quick] [--repeats 5] [--steps 2] [--reference PATH]
-[--only nafnet32,hinet] [--out benchmarks/results]``
+[--only nafnet32,hinet] [--variants fork,mhc_bf16,...] [--clock wall|cpu] [--name speed] [--out benchmarks/results]``
 """
 import argparse
 import ast
@@ -221,14 +222,20 @@ def batch(name, device, seed=0):
     return torch.rand(shape, generator=gen).to(device), torch.rand(shape, generator=gen).to(device)
 
 
+#: ``--clock``: wall time, or the CPU time of this process (all its threads; on a shared CPU it leaves out the time
+#: the process waits for cores other processes hold, so ratios are steadier; CPU only).
+CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
+CLOCK = CLOCKS['wall']
+
+
 def timed(fn, device, n):
-    """Mean seconds of ``n`` calls of ``fn``."""
+    """Mean seconds (of :data:`CLOCK`) of ``n`` calls of ``fn``."""
     sync(device)
-    start = time.perf_counter()
+    start = CLOCK()
     for _ in range(n):
         fn()
     sync(device)
-    return (time.perf_counter() - start) / n
+    return (CLOCK() - start) / n
 
 
 def validate(net, lq, gt, accel=None, cache=None):
@@ -405,7 +412,8 @@ def markdown(rows, meta):
     """Markdown tables of the summarized rows: MH-C over single-head, then every variant beside the fork."""
     mem_name = 'CUDA max_memory_allocated' if meta['device'] == 'cuda' else 'RSS high-water mark above imports'
     lines = [
-        f"Device: {meta['device_name']}; torch {meta['torch']}; {meta['repeats']} interleaved repeats of "
+        f"Device: {meta['device_name']}; torch {meta['torch']}; {meta.get('clock', 'wall')} clock; "
+        f"{meta['repeats']} interleaved repeats of "
         f"{meta['steps']} steps (medians; spread: min-max of the per-repeat ratio); memory: {mem_name}, "
         f"{meta['memory_repeats']} fresh processes per variant (median). MH-C = K {NUM_HEADS}, combine (K' = 10). "
         f"Targets: step <= {TARGETS['step']}, memory <= {TARGETS['memory']} (training), validation with 10 heads <= "
@@ -428,20 +436,20 @@ def markdown(rows, meta):
             '', 'Whole-process RSS peak ratio (MH-C / single, imports included): ' +
             ', '.join(f"{r['config']} {r['process_peak_rss_ratio']:.3f}" for r in rows) + '.'
         ]
-    with_fork = [r for r in rows if 'rate_vs_fork' in r]
-    if with_fork:
+    with_options = [r for r in rows if set(r['step_s']) - set(BASE_VARIANTS)]
+    if with_options:
         lines += [
-            '', 'Beside the fork (absolute step times of one interleaved run; step rate = fork step / variant step, '
-            'above 1 is faster than the fork; memory / fork, below 1 is less):', '',
+            '', 'Every variant (absolute step times of one interleaved run; step rate = fork step / variant step, '
+            'above 1 is faster than the fork; memory / fork, below 1 is less; blank where not measured):', '',
             '| config | variant | step (s) | step rate vs fork | memory (MiB) | memory / fork |',
             '| --- | --- | ---: | ---: | ---: | ---: |'
         ]
-        for r in with_fork:
+        for r in with_options:
             for v, t in r['step_s'].items():
-                mem = r['memory_mb'].get(v)
-                mem_ratio = r['memory_vs_fork'].get(v)
-                lines.append(f"| {r['config']} | {VARIANT_NAMES[v]} | {t:.3f} | {r['rate_vs_fork'][v]:.2f}x | "
-                             f"{'' if mem is None else f'{mem:.0f}'} | "
+                mem, rate = r['memory_mb'].get(v), r.get('rate_vs_fork', {}).get(v)
+                mem_ratio = r.get('memory_vs_fork', {}).get(v)
+                lines.append(f"| {r['config']} | {VARIANT_NAMES[v]} | {t:.3f} | "
+                             f"{'' if rate is None else f'{rate:.2f}x'} | {'' if mem is None else f'{mem:.0f}'} | "
                              f"{'' if mem_ratio is None else f'{mem_ratio:.2f}'} |")
     return '\n'.join(lines) + '\n'
 
@@ -461,6 +469,12 @@ def parse_args(argv=None):
         help='CPU threads (default: the idle cores, see '
         'basicsr_mh.demo.auto_threads; OpenMP threads waiting on busy cores distort timings)')
     parser.add_argument('--only', default=None, help='comma-separated configurations (default: all)')
+    parser.add_argument(
+        '--clock',
+        choices=list(CLOCKS),
+        default='wall',
+        help='wall (default) or cpu: the process CPU time, steadier on a CPU shared with other work (CPU only)')
+    parser.add_argument('--name', default='speed', help='result file stem (default speed: speed.json, speed.md)')
     parser.add_argument(
         '--variants',
         default=','.join(VARIANTS),
@@ -486,6 +500,10 @@ def main(argv=None):
     if args.memory_child:
         memory_child(args.memory_child[0], args.memory_child[1], args.device, args.steps, args.reference)
         return 0
+    global CLOCK
+    if args.clock == 'cpu' and args.device == 'cuda':
+        raise SystemExit('--clock cpu measures CPU time: use it with --device cpu.')
+    CLOCK = CLOCKS[args.clock]
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('--device cuda: no CUDA device is available.')
     names = [n for n in CONFIGS if n != 'nafnet32-ref' or args.reference]
@@ -519,16 +537,17 @@ def main(argv=None):
         'memory_repeats': args.memory_repeats,
         'reference': bool(args.reference),
         'variants': variants,
+        'clock': args.clock,
         'seconds': time.time() - start,
         'targets': TARGETS,
     }
     os.makedirs(args.out, exist_ok=True)
     suffix = '' if args.device == 'cpu' else f'_{args.device}'
-    with open(os.path.join(args.out, f'speed{suffix}.json'), 'w') as f:
+    with open(os.path.join(args.out, f'{args.name}{suffix}.json'), 'w') as f:
         json.dump({'meta': meta, 'rows': rows}, f, indent=1)
         f.write('\n')
     text = markdown(rows, meta)
-    with open(os.path.join(args.out, f'speed{suffix}.md'), 'w') as f:
+    with open(os.path.join(args.out, f'{args.name}{suffix}.md'), 'w') as f:
         f.write(text)
     print(text)
     return 0

@@ -13,6 +13,7 @@ import torch
 from basicsr.losses import build_loss
 from basicsr.utils.registry import LOSS_REGISTRY
 
+from basicsr_mh.losses import min_head_loss
 from basicsr_mh.losses.min_head_loss import MinHeadLoss
 from basicsr_mh.losses.psnr_loss import PSNRLoss
 
@@ -189,3 +190,15 @@ def test_psnr_per_head_equals_per_sample_of_each_head(to_y):
             'loss_weight': 0.7,
             'toY': to_y
         }).per_head_losses(pred, target), expected)
+
+
+@pytest.mark.parametrize('inner', ['L1Loss', 'CharbonnierLoss'])
+def test_per_head_losses_in_chunks_equal_one_batch(inner, monkeypatch):
+    """Large inputs are assigned a few heads at a time (min_head_loss.HEAD_CHUNK_ELEMENTS): the same table."""
+    pred, target = _data(b=2, k=5, seed=8)
+    loss = MinHeadLoss(loss={'type': inner})
+    whole = loss.per_head_losses(pred, target)
+    per_head = pred[:, 0].numel()
+    for budget in (per_head, 2 * per_head, 3 * per_head):  # chunks of 1, 2 and 3 heads (the last one shorter)
+        monkeypatch.setattr(min_head_loss, 'HEAD_CHUNK_ELEMENTS', budget)
+        torch.testing.assert_close(loss.per_head_losses(pred, target), whole, rtol=0, atol=1e-7)
