@@ -3,8 +3,9 @@ fork's single-head step (numbers made up here, so every figure can be checked by
 import os
 import pytest
 import sys
+from conftest import REPO_ROOT
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
 import speed  # noqa: E402
 
 
