@@ -6,7 +6,15 @@ signal (nothing else runs inside a signal handler); the training loop asks :meth
 after each step, all ranks agree (one all-reduce), every rank takes part in writing the state (rank 0 writes the
 files, atomically) and the process exits with :data:`PREEMPTED_EXIT_CODE`, so a job script can requeue itself and
 continue with ``--auto_resume`` exactly as after a normal checkpoint.
+
+Schedulers signal every process of the job, not only the training process: Slurm signals all processes of the job
+step, torchrun's agent the process group of each worker. Data loader workers would die of it (PyTorch's workers end
+on a SIGTERM, the main process then raises ``DataLoader worker ... is killed by signal``, and a worker started before
+the watch dies of SIGUSR1's default action), so the training loader's workers are shielded
+(:func:`shield_data_loader_workers`): they ignore the preemption signals and end when the loader shuts them down.
 """
+import functools
+import os
 import signal
 import threading
 import torch
@@ -82,3 +90,42 @@ class PreemptionWatch:
                 self.signal_name = 'another rank'
             asked = float(flag) > 0
         return asked
+
+
+def _shield_this_process(signals):
+    """Make this process ignore ``signals`` unless its parent sends them (then SIGTERM ends it at once, as PyTorch's
+    own worker handler does on the loader's ``terminate``). The signals are blocked in every thread and taken by a
+    daemon thread with ``sigwaitinfo``, which tells the sender; where ``sigwaitinfo`` is missing (macOS) only SIGUSR1
+    is ignored."""
+    if not hasattr(signal, 'sigwaitinfo'):
+        if hasattr(signal, 'SIGUSR1'):
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # threads started from now on inherit the mask
+
+    def take():
+        while True:
+            info = signal.sigwaitinfo(signals)
+            if info.si_signo == signal.SIGTERM and info.si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=take, name='preemption-shield', daemon=True).start()
+
+
+def shielded_worker_init(worker_id, init_fn=None, signals=PREEMPTION_SIGNALS):
+    """A data loader ``worker_init_fn``: shield the worker from the preemption ``signals`` (names), then run the
+    loader's own ``init_fn(worker_id)`` (BasicSR's seeding), if any."""
+    _shield_this_process({getattr(signal, name) for name in signals if hasattr(signal, name)})
+    if init_fn is not None:
+        init_fn(worker_id)
+
+
+def shield_data_loader_workers(loader):
+    """Make the worker processes that ``loader`` (a ``torch.utils.data.DataLoader``) starts from now on ignore
+    SIGTERM and SIGUSR1 sent by anyone but the main process: the scheduler's signal is the main process's business
+    (:class:`PreemptionWatch`), and the workers end when the loader shuts them down. Returns ``loader``; one without
+    worker processes is returned unchanged."""
+    if getattr(loader, 'num_workers', 0) > 0:
+        loader.worker_init_fn = functools.partial(shielded_worker_init, init_fn=loader.worker_init_fn)
+    return loader

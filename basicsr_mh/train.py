@@ -38,7 +38,7 @@ from .cli_options import finish_distributed, make_exp_dirs, options_from_args, s
 from .models.checkpoint import (UntrustedCheckpointError, atomic_write_json, checkpoint_trust, preserved_rng,
                                 read_checkpoint, set_rng_state)
 from .models.multihead_model import MultiHeadImageRestorationModel
-from .preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionWatch
+from .preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionWatch, shield_data_loader_workers
 from .preflight import preflight
 
 
@@ -300,6 +300,7 @@ def train(root_path, args, on_validation=None):
 
     train_loader, train_sampler, val_loaders, total_epochs, total_iters, iters_per_epoch = \
         create_train_val_dataloader(opt, logger)
+    shield_data_loader_workers(train_loader)  # a scheduler's signal to every process must not kill the workers
     batch_size = opt['datasets']['train']['batch_size_per_gpu']
     model = build_model(opt)
     skip_batches = 0
@@ -381,16 +382,19 @@ def train(root_path, args, on_validation=None):
             if current_iter > total_iters:
                 break
 
-    consumed = str(datetime.timedelta(seconds=int(time.time() - start_time)))
-    logger.info(f'End of training. Time consumed: {consumed}')
-    if getattr(model, 'skipped_steps', 0):
-        logger.warning(f'{model.skipped_steps} training step(s) were skipped for a non-finite loss or gradient '
-                       '(train.skip_nonfinite).')
-    final_iter = min(current_iter, total_iters)
-    if opt.get('val') is not None and last_val_iter != final_iter:  # BasicSR validates once more unless just done
-        validate_all(model, val_loaders, final_iter, tb_logger, opt, metrics_path, on_validation)
-    logger.info('Save the latest model.')
-    model.save(epoch=-1, current_iter=-1)
+        # still watched: a signal during the last validation and save lets them finish (training has ended)
+        consumed = str(datetime.timedelta(seconds=int(time.time() - start_time)))
+        logger.info(f'End of training. Time consumed: {consumed}')
+        if getattr(model, 'skipped_steps', 0):
+            logger.warning(f'{model.skipped_steps} training step(s) were skipped for a non-finite loss or gradient '
+                           '(train.skip_nonfinite).')
+        final_iter = min(current_iter, total_iters)
+        if opt.get('val') is not None and last_val_iter != final_iter:  # BasicSR validates once more unless done
+            validate_all(model, val_loaders, final_iter, tb_logger, opt, metrics_path, on_validation)
+        logger.info('Save the latest model.')
+        model.save(epoch=-1, current_iter=-1)
+        if watch.signal_name is not None:
+            logger.warning(f'{watch.signal_name} came after the last iteration: training has ended normally.')
     if tb_logger:
         tb_logger.close()
     finish_distributed(opt)

@@ -9,7 +9,7 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import write_options
+from conftest import srmodel_options, write_options
 from test_resume import TOTAL
 from test_resume_runs import env, final_metrics, options, train_cmd
 
@@ -73,6 +73,73 @@ def test_sigterm_leaves_a_state_that_resumes_to_the_uninterrupted_numbers(pair_d
     for key in ('params', 'params_ema'):
         for name, tensor in a[key].items():
             torch.testing.assert_close(b[key][name], tensor, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize('sig, persistent', [(signal.SIGTERM, False), (signal.SIGUSR1, True)])
+def test_a_signal_to_every_process_stops_a_run_with_loader_workers(pair_data, tmp_path, sig, persistent):
+    """Slurm signals every process of the step and torchrun's agent a worker's process group: the data loader
+    workers get the signal too (from outside, not from their parent) and must not take the run down. Persistent
+    workers are started before the watch, with the default handlers."""
+    opt = options(pair_data)
+    opt['datasets']['train'].update(num_worker_per_gpu=2, persistent_workers=persistent)
+    opt['logger']['save_checkpoint_freq'] = 1000
+    write_options(tmp_path / 'train.yml', opt)
+    victim = subprocess.Popen(
+        train_cmd(tmp_path / 'train.yml'),
+        cwd=tmp_path,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True)  # its own process group: the signal below reaches it and its workers only
+    exp = tmp_path / 'experiments' / 'resume_mhc'
+    deadline = time.time() + 240
+    while not re.search(r'iter:\s+5,', ''.join(p.read_text() for p in exp.glob('train_resume_mhc_*.log'))) \
+            and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.killpg(victim.pid, sig)  # this process is not the workers' parent, as slurmstepd or the agent
+    _, err = victim.communicate(timeout=300)
+    assert victim.returncode == PREEMPTED_EXIT_CODE, err[-3000:]
+    assert 'DataLoader worker' not in err
+    states = sorted(exp.glob('training_states/*.state'))
+    assert len(states) == 1 and 5 <= int(states[0].stem) < TOTAL, states
+    resumed = subprocess.run(
+        train_cmd(tmp_path / 'train.yml', '--auto_resume'),
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f'Resuming training from epoch: {int(states[0].stem) // 12}, iter: {states[0].stem}' in \
+        sorted(exp.glob('train_resume_mhc_*.log'))[-1].read_text()
+    assert final_metrics(tmp_path)  # the validation of iteration TOTAL
+    assert (exp / 'models' / 'net_g_latest.pth').is_file()
+
+
+def test_a_signal_during_the_last_validation_lets_the_run_end(pair_data, tmp_path, monkeypatch):
+    """After the last iteration the run is done: a signal during the final validation must neither kill it (SIGUSR1's
+    default action) nor reach the handler it had before (the sentinel here); the latest model is written."""
+    from basicsr_mh.train import train_pipeline
+    monkeypatch.chdir(tmp_path)
+    opt = srmodel_options(pair_data, 'last_val', total_iter=3, val_freq=1000)  # one validation: after the loop
+    leaked = []
+
+    def sentinel(signum, frame):
+        leaked.append(signum)
+
+    before = signal.signal(signal.SIGUSR1, sentinel)
+    try:
+        model = train_pipeline(
+            str(tmp_path), ['-opt', write_options(tmp_path / 'o.yml', opt)],
+            on_validation=lambda record: os.kill(os.getpid(), signal.SIGUSR1))
+        assert signal.getsignal(signal.SIGUSR1) is sentinel  # restored when training ended
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    assert leaked == [] and model is not None
+    exp = tmp_path / 'experiments' / 'last_val'
+    assert (exp / 'models' / 'net_g_latest.pth').is_file()
+    assert 'SIGUSR1 came after the last iteration' in next(exp.glob('train_last_val_*.log')).read_text()
 
 
 def _rank(rank, store, results):
