@@ -1,10 +1,13 @@
 """Preemption-safe training (subprocesses): SIGTERM stops a CPU training after the current step with a resumable state
-and exit code 75, ``--auto_resume`` ends with the numbers of an uninterrupted run; all ranks agree on the stop."""
+and exit code 75, ``--auto_resume`` ends with the numbers of an uninterrupted run (one process, and two under torchrun
+with the signal to one rank only); all ranks agree on the stop; data loader workers survive a signal to every process;
+a signal after the last iteration lets the run end."""
 import os
 import pytest
 import re
 import signal
 import subprocess
+import sys
 import time
 import torch
 import torch.distributed as dist
@@ -140,6 +143,72 @@ def test_a_signal_during_the_last_validation_lets_the_run_end(pair_data, tmp_pat
     exp = tmp_path / 'experiments' / 'last_val'
     assert (exp / 'models' / 'net_g_latest.pth').is_file()
     assert 'SIGUSR1 came after the last iteration' in next(exp.glob('train_last_val_*.log')).read_text()
+
+
+def _worker_pid(agent_pid, rank):
+    """The pid of torchrun's worker process of ``rank`` (a child of the agent with ``RANK=<rank>``), or None."""
+    for entry in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+            with open(f'/proc/{entry}/environ', 'rb') as f:
+                environ = f.read().split(b'\0')
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        if ppid == agent_pid and f'RANK={rank}'.encode() in environ:
+            return int(entry)
+    return None
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='finds the worker of rank 1 in /proc')
+def test_ddp_a_signal_to_one_rank_stops_both_and_resumes_to_the_uninterrupted_numbers(pair_data, tmp_path):
+    """torchrun, two processes (gloo): SIGUSR1 to rank 1 only. Rank 0 learns of it by the all-reduce, both stop
+    after the same iteration, one state with both ranks' RNG is written; --auto_resume ends with the numbers of an
+    uninterrupted two-process run."""
+    opt = options(pair_data)  # 12 samples per epoch: 6 iterations per epoch on 2 ranks
+    opt['logger']['save_checkpoint_freq'] = 1000
+    full, stopped = tmp_path / 'full', tmp_path / 'stopped'
+    for workdir in (full, stopped):
+        workdir.mkdir()
+        write_options(workdir / 'train.yml', opt)
+
+    def torchrun(workdir, *extra):
+        cmd = [
+            sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m',
+            'basicsr_mh.train', '-opt',
+            str(workdir / 'train.yml'), '--launcher', 'pytorch', *extra
+        ]
+        return subprocess.Popen(
+            cmd, cwd=workdir, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    reference, victim = torchrun(full), torchrun(stopped)
+    exp = stopped / 'experiments' / 'resume_mhc'
+    deadline = time.time() + 240
+    while not re.search(r'iter:\s+5,', ''.join(p.read_text() for p in exp.glob('train_resume_mhc_*.log'))) \
+            and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.kill(_worker_pid(victim.pid, 1), signal.SIGUSR1)
+    out, _ = victim.communicate(timeout=300)
+    assert victim.returncode != 0 and re.search(rf'exitcode\s*:\s*{PREEMPTED_EXIT_CODE}\b', out), out[-3000:]
+    states = sorted(exp.glob('training_states/*.state'))
+    assert len(states) == 1, states
+    stop_iter = int(states[0].stem)
+    assert len(torch.load(states[0], weights_only=True)['rng']) == 2
+    assert f'Stopped by another rank after iteration {stop_iter}' in next(exp.glob('train_*.log')).read_text()
+    resumed = torchrun(stopped, '--auto_resume')
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out[-4000:]
+    out, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, out[-4000:]
+    want, got = final_metrics(full), final_metrics(stopped)
+    assert set(want) == set(got)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-4), key
+    a = torch.load(full / 'experiments' / 'resume_mhc' / 'models' / 'net_g_latest.pth', weights_only=True)
+    b = torch.load(exp / 'models' / 'net_g_latest.pth', weights_only=True)
+    for key in ('params', 'params_ema'):
+        for name, tensor in a[key].items():
+            torch.testing.assert_close(b[key][name], tensor, atol=1e-5, rtol=1e-4)
 
 
 def _rank(rank, store, results):
