@@ -14,9 +14,18 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import srmodel_options, write_options
 from test_resume import TOTAL
-from test_resume_runs import env, final_metrics, options, train_cmd
+from test_resume_runs import assert_same_end, env, final_metrics, options, resume, start
 
 from basicsr_mh.preemption import PREEMPTED_EXIT_CODE, PreemptionWatch
+
+
+def wait_for_iteration_5(exp, proc, timeout=240):
+    """Wait until the training log in ``exp`` shows iteration 5 (print_freq 5: training has started), ``proc`` has
+    ended, or ``timeout`` seconds have passed."""
+    deadline = time.time() + timeout
+    while not re.search(r'iter:\s+5,', ''.join(p.read_text() for p in exp.glob('train_resume_mhc_*.log'))) \
+            and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
 
 
 def test_sigterm_leaves_a_state_that_resumes_to_the_uninterrupted_numbers(pair_data, tmp_path):
@@ -26,27 +35,10 @@ def test_sigterm_leaves_a_state_that_resumes_to_the_uninterrupted_numbers(pair_d
     for workdir in (full, stopped):
         workdir.mkdir()
         write_options(workdir / 'train.yml', opt)
-    reference = subprocess.Popen(
-        train_cmd(full / 'train.yml'),
-        cwd=full,
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True)
-    victim = subprocess.Popen(
-        train_cmd(stopped / 'train.yml'),
-        cwd=stopped,
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True)
+    reference, victim = start(full), start(stopped)
     exp = stopped / 'experiments' / 'resume_mhc'
-    deadline = time.time() + 240
-    while not list(exp.glob('train_resume_mhc_*.log')) and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_iteration_5(exp, victim)
     log = next(iter(exp.glob('train_resume_mhc_*.log')))
-    while not re.search(r'iter:\s+5,', log.read_text()) and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.005)  # training has started (print_freq 5)
     victim.send_signal(signal.SIGTERM)
     _, err = victim.communicate(timeout=300)
     assert victim.returncode == PREEMPTED_EXIT_CODE, err[-3000:]
@@ -56,26 +48,11 @@ def test_sigterm_leaves_a_state_that_resumes_to_the_uninterrupted_numbers(pair_d
     assert 5 <= stop_iter < TOTAL and (exp / 'models' / f'net_g_{stop_iter}.pth').is_file()
     assert f'Stopped by SIGTERM after iteration {stop_iter}' in log.read_text()
     assert 'training stopped by SIGTERM' in err
-    resumed = subprocess.run(
-        train_cmd(stopped / 'train.yml', '--auto_resume'),
-        cwd=stopped,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    resume(stopped)
     _, err = reference.communicate(timeout=300)
     assert reference.returncode == 0, err[-4000:]
     assert f'iter: {stop_iter}.' in sorted(exp.glob('train_resume_mhc_*.log'))[-1].read_text()
-    want, got = final_metrics(full), final_metrics(stopped)
-    assert set(want) == set(got)
-    for key, value in want.items():
-        assert got[key] == pytest.approx(value, abs=1e-4), key
-    a = torch.load(full / 'experiments' / 'resume_mhc' / 'models' / 'net_g_latest.pth', weights_only=True)
-    b = torch.load(exp / 'models' / 'net_g_latest.pth', weights_only=True)
-    for key in ('params', 'params_ema'):
-        for name, tensor in a[key].items():
-            torch.testing.assert_close(b[key][name], tensor, atol=1e-5, rtol=1e-4)
+    assert_same_end(full, stopped)
 
 
 @pytest.mark.parametrize('sig, persistent', [(signal.SIGTERM, False), (signal.SIGUSR1, True)])
@@ -87,33 +64,16 @@ def test_a_signal_to_every_process_stops_a_run_with_loader_workers(pair_data, tm
     opt['datasets']['train'].update(num_worker_per_gpu=2, persistent_workers=persistent)
     opt['logger']['save_checkpoint_freq'] = 1000
     write_options(tmp_path / 'train.yml', opt)
-    victim = subprocess.Popen(
-        train_cmd(tmp_path / 'train.yml'),
-        cwd=tmp_path,
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True)  # its own process group: the signal below reaches it and its workers only
+    victim = start(tmp_path, start_new_session=True)  # its own process group: it and its workers only
     exp = tmp_path / 'experiments' / 'resume_mhc'
-    deadline = time.time() + 240
-    while not re.search(r'iter:\s+5,', ''.join(p.read_text() for p in exp.glob('train_resume_mhc_*.log'))) \
-            and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
+    wait_for_iteration_5(exp, victim)
     os.killpg(victim.pid, sig)  # this process is not the workers' parent, as slurmstepd or the agent
     _, err = victim.communicate(timeout=300)
     assert victim.returncode == PREEMPTED_EXIT_CODE, err[-3000:]
     assert 'DataLoader worker' not in err
     states = sorted(exp.glob('training_states/*.state'))
     assert len(states) == 1 and 5 <= int(states[0].stem) < TOTAL, states
-    resumed = subprocess.run(
-        train_cmd(tmp_path / 'train.yml', '--auto_resume'),
-        cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    resume(tmp_path)
     assert f'Resuming training from epoch: {int(states[0].stem) // 12}, iter: {states[0].stem}' in \
         sorted(exp.glob('train_resume_mhc_*.log'))[-1].read_text()
     assert final_metrics(tmp_path)  # the validation of iteration TOTAL
@@ -183,10 +143,7 @@ def test_ddp_a_signal_to_one_rank_stops_both_and_resumes_to_the_uninterrupted_nu
 
     reference, victim = torchrun(full), torchrun(stopped)
     exp = stopped / 'experiments' / 'resume_mhc'
-    deadline = time.time() + 240
-    while not re.search(r'iter:\s+5,', ''.join(p.read_text() for p in exp.glob('train_resume_mhc_*.log'))) \
-            and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
+    wait_for_iteration_5(exp, victim)
     os.kill(_worker_pid(victim.pid, 1), signal.SIGUSR1)
     out, _ = victim.communicate(timeout=300)
     assert victim.returncode != 0 and re.search(rf'exitcode\s*:\s*{PREEMPTED_EXIT_CODE}\b', out), out[-3000:]
@@ -200,15 +157,7 @@ def test_ddp_a_signal_to_one_rank_stops_both_and_resumes_to_the_uninterrupted_nu
     assert resumed.returncode == 0, out[-4000:]
     out, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, out[-4000:]
-    want, got = final_metrics(full), final_metrics(stopped)
-    assert set(want) == set(got)
-    for key, value in want.items():
-        assert got[key] == pytest.approx(value, abs=1e-4), key
-    a = torch.load(full / 'experiments' / 'resume_mhc' / 'models' / 'net_g_latest.pth', weights_only=True)
-    b = torch.load(exp / 'models' / 'net_g_latest.pth', weights_only=True)
-    for key in ('params', 'params_ema'):
-        for name, tensor in a[key].items():
-            torch.testing.assert_close(b[key][name], tensor, atol=1e-5, rtol=1e-4)
+    assert_same_end(full, stopped)
 
 
 def _rank(rank, store, results):

@@ -36,6 +36,39 @@ def final_metrics(workdir):
     return data['datasets']['TinyVal']
 
 
+def start(workdir, **popen):
+    """Start the training of ``workdir/train.yml`` (stdout dropped, stderr kept as text; ``popen`` overrides)."""
+    popen = dict(dict(stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), **popen)
+    return subprocess.Popen(train_cmd(workdir / 'train.yml'), cwd=workdir, env=env(), **popen)
+
+
+def resume(workdir):
+    """Run the training of ``workdir/train.yml`` with ``--auto_resume`` to its end; asserts it succeeds."""
+    resumed = subprocess.run(
+        train_cmd(workdir / 'train.yml', '--auto_resume'),
+        cwd=workdir,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    return resumed
+
+
+def assert_same_end(full, resumed):
+    """The runs in ``full`` and ``resumed`` end with the same metrics and the same weights (network and EMA)."""
+    want, got = final_metrics(full), final_metrics(resumed)
+    assert set(want) == set(got)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-4), key
+    a, b = (
+        torch.load(w / 'experiments' / 'resume_mhc' / 'models' / 'net_g_latest.pth', weights_only=True)
+        for w in (full, resumed))
+    for key in ('params', 'params_ema'):
+        for name, tensor in a[key].items():
+            torch.testing.assert_close(b[key][name], tensor, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(pair_data, tmp_path):
     opt = options(pair_data)
@@ -43,15 +76,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(pair_data, tmp_path):
     for workdir in (full, killed):
         workdir.mkdir()
         write_options(workdir / 'train.yml', opt)
-    reference = subprocess.Popen(
-        train_cmd(full / 'train.yml'),
-        cwd=full,
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True)
-    victim = subprocess.Popen(
-        train_cmd(killed / 'train.yml'), cwd=killed, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reference, victim = start(full), start(killed, stderr=subprocess.DEVNULL)
     state = killed / 'experiments' / 'resume_mhc' / 'training_states' / '20.state'
     deadline = time.time() + 240
     while not state.exists() and victim.poll() is None and time.time() < deadline:
@@ -64,25 +89,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(pair_data, tmp_path):
     for path in [exp / 'training_states' / '30.state'] + list((exp / 'models').glob('net_g_[3l]*.pth')):
         path.unlink(missing_ok=True)
     (exp / 'training_states' / '30.state.tmp').write_bytes(b'half a checkpoint')  # a crash mid-write
-    resumed = subprocess.run(
-        train_cmd(killed / 'train.yml', '--auto_resume'),
-        cwd=killed,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    resume(killed)
     _, err = reference.communicate(timeout=300)
     assert reference.returncode == 0, err[-4000:]
     logs = sorted(exp.glob('train_resume_mhc_*.log'))
     assert 'Resuming training from epoch: 1, iter: 20' in logs[-1].read_text()
-    want, got = final_metrics(full), final_metrics(killed)
-    assert set(want) == set(got)
-    for key, value in want.items():
-        assert got[key] == pytest.approx(value, abs=1e-4), key
-    # EMA, optimizer and final weights equal too
-    a = torch.load(full / 'experiments' / 'resume_mhc' / 'models' / 'net_g_latest.pth', weights_only=True)
-    b = torch.load(exp / 'models' / 'net_g_latest.pth', weights_only=True)
-    for key in ('params', 'params_ema'):
-        for name, tensor in a[key].items():
-            torch.testing.assert_close(b[key][name], tensor, atol=1e-5, rtol=1e-4)
+    assert_same_end(full, killed)  # EMA, optimizer and final weights equal too
