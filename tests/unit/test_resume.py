@@ -1,7 +1,11 @@
-"""--auto_resume after SIGKILL ends with the same metrics as an uninterrupted run; broken latest states are skipped."""
+"""--auto_resume after SIGKILL ends with the same metrics as an uninterrupted run; broken latest states are skipped;
+the loop's position in the epoch reaches the training state as an argument."""
 import torch
+from basicsr.models import build_model
+from conftest import in_process_training, srmodel_options
 
-from basicsr_mh.train import find_resume_state
+from basicsr_mh.options import upgrade_options
+from basicsr_mh.train import find_resume_state, save_checkpoint
 
 TOTAL, FREQ = 30, 10
 
@@ -46,3 +50,18 @@ def test_truncated_state_or_network_is_skipped_with_warning(tmp_path):
     assert len(warnings) == 2
     assert '30.state' in warnings[0] and 'cannot be read' in warnings[0]
     assert 'net_g_20.pth' in warnings[1]
+
+
+def test_the_position_in_the_epoch_reaches_the_state_as_an_argument(pair_data, tmp_path):
+    """``save_checkpoint`` hands the loop's position to ``model.save(epoch, iter, extras)`` (no attribute is set on
+    the model for it); BasicSR's two-argument ``model.save(epoch, iter)`` still writes a state, without it."""
+    opt = srmodel_options(pair_data, 'extras', total_iter=4, val_freq=10**6)
+    model = build_model(upgrade_options(in_process_training(opt, tmp_path)))
+    before = set(vars(model))
+    path = save_checkpoint(model, 1, 7, 3, opt)
+    model.save(1, 8)
+    assert set(vars(model)) == before
+    state, plain = (torch.load(p, weights_only=True) for p in (path, tmp_path / '8.state'))
+    assert path == str(tmp_path / '7.state')
+    assert (state['epoch'], state['iter'], state['epoch_iter'], state['world_size']) == (1, 7, 3, 1)
+    assert plain['iter'] == 8 and 'epoch_iter' not in plain and 'world_size' not in plain
