@@ -14,7 +14,6 @@ Multi-stage backbones (HINet, MPRNet): a stage's image may also feed a later sta
 multi-head HINet and MPRNet do, so their checkpoints load and give the same outputs (``feed_all_heads=False``: it
 reads the mean of the heads).
 """
-import torch
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY
 from copy import deepcopy
@@ -167,10 +166,6 @@ class MultiHeadArch(nn.Module):
         self.num_outputs = len(self.head_pairs)
         self.backbone = _build_backbone(backbone)
         self.backbone_type = type(self.backbone).__name__
-        pair_i = torch.tensor([p[0] for p in self.head_pairs], dtype=torch.long)
-        pair_j = torch.tensor([p[1] for p in self.head_pairs], dtype=torch.long)
-        self.register_buffer('pair_i', pair_i, persistent=False)
-        self.register_buffer('pair_j', pair_j, persistent=False)
 
         self.feed_all_heads = bool(feed_all_heads)
         self.head_init = self._attach_heads(

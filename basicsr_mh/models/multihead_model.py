@@ -287,8 +287,8 @@ class MultiHeadImageRestorationModel(HeadValidation, NonFiniteGuard, SRModel):
             self.grad_scaler.unscale_(self.optimizer_g)
         else:
             l_total.backward()
-        grads = [p.grad for p in self.net_g.parameters() if p.grad is not None]
-        if self.grad_scaler is None and grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        grads = [] if self.grad_scaler is not None else [p.grad for p in self.net_g.parameters() if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             names = [
                 n for n, p in self.get_bare_model(self.net_g).named_parameters()
                 if p.grad is not None and not bool(torch.isfinite(p.grad).all())
